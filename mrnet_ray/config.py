@@ -314,3 +314,43 @@ class TrialConfig(_Config):
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "train": self.train.to_dict()}
+
+
+@dataclass(frozen=True)
+class ResourcesConfig(_Config):
+    """Ray Train resources of one run. Defaults fit a 2-core machine; use ``gpu()`` on clusters.
+
+    Fractional CPUs matter on small machines: a trial driver plus two whole-CPU workers
+    deadlock on 2 cores, while 0.4-CPU workers leave room for Ray Data's read tasks.
+    """
+
+    num_workers: int = 2
+    """Ray Train workers (DDP ranks)."""
+    cpus_per_worker: float = 0.4
+    """CPU resource of each worker (may be fractional)."""
+    gpus_per_worker: float = 0.0
+    """GPUs of each worker; > 0 trains on CUDA with NCCL, 0 on CPU with gloo."""
+    torch_threads: int | None = None
+    """Intra-op threads per worker; None means max(1, floor(cpus_per_worker))."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, f"num_workers={self.num_workers} must be >= 1")
+        _check(self.cpus_per_worker > 0, f"cpus_per_worker={self.cpus_per_worker} must be > 0")
+        _check(self.gpus_per_worker >= 0, f"gpus_per_worker={self.gpus_per_worker} must be >= 0")
+        _check(
+            self.torch_threads is None or self.torch_threads >= 1,
+            f"torch_threads={self.torch_threads} must be >= 1 or None",
+        )
+
+    @classmethod
+    def gpu(cls, num_workers: int = 1) -> ResourcesConfig:
+        """One GPU and 4 CPUs per worker: the cluster default."""
+        return cls(num_workers=num_workers, cpus_per_worker=4.0, gpus_per_worker=1.0)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or max(1, int(self.cpus_per_worker))
