@@ -1,0 +1,297 @@
+"""``python -m mrnet_ray.prepare``: a dataset -> log-mel Parquet shards, with Ray Data.
+
+The adapter lists tracks and splits; Ray Data decodes and segments them in parallel across
+the cluster (``map_batches`` with fractional CPUs, so small machines keep every core busy) and
+writes ``DIR/<split>/*.parquet``; ``manifest.json`` is written last. On a local disk all of
+it goes to a sibling ``DIR.tmp-<random>`` that is renamed to ``DIR`` at the end, so ``DIR``
+only ever appears complete; on object stores (``s3://...``) files go straight to ``DIR`` and
+the manifest, written last, marks it complete. A re-run whose inputs (listing with sizes and
+mtimes, feature settings, format) hash the same does nothing unless ``force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import ray
+
+import mrnet_ray
+from mrnet_ray import storage
+from mrnet_ray.config import FeatureConfig
+from mrnet_ray.datasets import SPLITS, Listing, Skipped, SplitOptions, Track, adapter
+from mrnet_ray.errors import UserError, cli
+from mrnet_ray.shards import Ledger, segment_tracks
+
+FORMAT = 1
+"""Version of the prepared directory's layout; part of the content hash."""
+CPUS_PER_TASK = 0.5
+"""Decode tasks are single-threaded and wait on I/O at times; two per core keep cores busy."""
+ROWS_PER_FILE = 512
+"""Segments per Parquet file at least (about 34 MB at 128 x 130 float32)."""
+
+
+def limit_tracks(tracks: tuple[Track, ...], limit: int) -> tuple[Track, ...]:
+    """The first ``limit`` tracks dealt round-robin over (split, label), so all stay present."""
+    buckets: dict[tuple[str, str], list[Track]] = defaultdict(list)
+    for t in sorted(tracks, key=lambda t: t.track_id):
+        buckets[(t.split, t.label)].append(t)
+    queues = [buckets[k] for k in sorted(buckets)]
+    picked: list[Track] = []
+    for depth in range(max(map(len, queues), default=0)):
+        picked += [q[depth] for q in queues if depth < len(q)]
+    return tuple(sorted(picked[:limit], key=lambda t: t.track_id))
+
+
+def content_hash(dataset: str, listing: Listing, feature: FeatureConfig) -> str:
+    """Hash of everything the output depends on: files (size, mtime), assignment, settings."""
+    files = []
+    for t in sorted(listing.tracks, key=lambda t: t.path):
+        st = os.stat(t.path) if os.path.exists(t.path) else None
+        size, mtime = (st.st_size, st.st_mtime_ns) if st else (-1, -1)
+        files.append([t.path, size, mtime, t.track_id, t.label, t.split, t.group])
+    payload = {
+        "format": FORMAT,
+        "dataset": dataset,
+        "kind": listing.kind,
+        "feature": feature.to_dict(),
+        "tracks": files,
+        "skipped": sorted([s.path, s.reason] for s in listing.skipped),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _resolve_feature(dataset: str, listing: Listing, feature: FeatureConfig) -> FeatureConfig:
+    """Ready-mel datasets keep their own spectrogram settings; only segmenting is ours."""
+    if listing.kind == "audio":
+        return feature
+    assert listing.feature is not None, f"{dataset} lists mel arrays but no FeatureConfig"
+    return listing.feature.replace(
+        segment_seconds=feature.segment_seconds,
+        segment_hop_seconds=feature.segment_hop_seconds,
+        short_clip=feature.short_clip,
+    )
+
+
+def _write_split(rows: list[dict], staging: str, fs: pafs.FileSystem, fn_kwargs: dict) -> None:
+    """One split's tracks -> ``staging/<split>/*.parquet`` through Ray Data."""
+    cpus = ray.cluster_resources().get("CPU", 1)
+    n_blocks = min(len(rows), max(int(4 * cpus / CPUS_PER_TASK), math.ceil(len(rows) / 4)), 2000)
+    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    ds = ds.map_batches(
+        segment_tracks,
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=CPUS_PER_TASK,
+        fn_kwargs=fn_kwargs,
+    )
+    ds.write_parquet(
+        f"{staging}/{rows[0]['split']}", filesystem=fs, min_rows_per_file=ROWS_PER_FILE
+    )
+
+
+def _manifest(
+    dataset: str,
+    root: Path,
+    feature: FeatureConfig,
+    listing: Listing,
+    digest: str,
+    segments: dict[int, int],
+    failed: dict[int, str],
+) -> dict:
+    labels = listing.labels
+    counts: dict[str, dict] = {}
+    for split in SPLITS:
+        kept = [(i, t) for i, t in enumerate(listing.tracks) if t.split == split]
+        kept = [(i, t) for i, t in kept if segments.get(i, 0) > 0]
+        per_class = Counter(t.label for _, t in kept)
+        counts[split] = {
+            "tracks": len(kept),
+            "segments": sum(segments[i] for i, _ in kept),
+            "per_class": {name: per_class.get(name, 0) for name in labels},
+        }
+    skipped = list(listing.skipped) + [
+        Skipped(listing.tracks[i].path, reason) for i, reason in sorted(failed.items())
+    ]
+    return {
+        "format": FORMAT,
+        "dataset": dataset,
+        "root": str(root),
+        "feature": feature.to_dict(),
+        "labels": list(labels),
+        "counts": counts,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+        "content_hash": digest,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mrnet_ray_version": mrnet_ray.__version__,
+    }
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    opts: SplitOptions | None = None,
+    feature: FeatureConfig | None = None,
+    force: bool = False,
+    limit: int | None = None,
+) -> Path | str:
+    """Prepare ``dataset`` from ``root`` into ``out`` (a path or ``s3://`` URI); returns ``out``.
+
+    Uses the running Ray if there is one, else ``ray.init(address=$RAY_ADDRESS)``: the
+    cluster that names, or a new local one. Nothing starts Ray before the listing succeeds.
+    """
+    root = Path(root).expanduser().resolve()
+    listing = adapter(dataset)(root, opts or SplitOptions())
+    if limit is not None:
+        listing = Listing(
+            limit_tracks(listing.tracks, limit),
+            listing.skipped,
+            listing.kind,
+            listing.feature,
+            listing.known_faults,
+        )
+    if not listing.tracks:
+        raise UserError(f"--root {root}: {dataset} lists no tracks to prepare")
+    feature = _resolve_feature(dataset, listing, feature or FeatureConfig())
+    digest = content_hash(dataset, listing, feature)
+    target = storage.Target(out)
+    existing = target.existing_manifest()
+    if existing and existing.get("content_hash") == digest and not force:
+        print(
+            f"{target.uri} is up to date (content hash {digest}); nothing to do (--force rebuilds)"
+        )
+        return target.result
+    target.check_replaceable(existing, dataset, str(root), force)
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    labels = listing.labels
+    rows_by_split: dict[str, list[dict]] = defaultdict(list)
+    for index, t in enumerate(listing.tracks):
+        rows_by_split[t.split].append(
+            {
+                "path": t.path,
+                "track_id": t.track_id,
+                "track_index": index,
+                "label": labels.index(t.label),
+                "label_name": t.label,
+                "split": t.split,
+            }
+        )
+    ledger = Ledger.remote()
+    fn_kwargs = {
+        "feature": feature.to_dict(),
+        "kind": listing.kind,
+        "known_faults": listing.known_faults,
+        "ledger": ledger,
+    }
+    with target.staging() as staging:
+        for split in SPLITS:
+            target.fs.create_dir(f"{staging}/{split}")
+            if rows_by_split[split]:
+                _write_split(rows_by_split[split], staging, target.fs, fn_kwargs)
+        segments, failed = ray.get(ledger.result.remote())
+        manifest = _manifest(dataset, root, feature, listing, digest, segments, failed)
+        target.write_manifest(staging, manifest)
+    ray.kill(ledger)
+    _print_summary(dataset, manifest, target.uri)
+    return target.result
+
+
+def _print_summary(dataset: str, manifest: dict, uri: str) -> None:
+    counts = manifest["counts"]
+    tracks = sum(c["tracks"] for c in counts.values())
+    print(f"prepared {dataset}: {tracks} tracks, {len(manifest['labels'])} classes -> {uri}")
+    for split, c in counts.items():
+        print(f"  {split:5s} {c['tracks']:6d} tracks {c['segments']:8d} segments")
+    if manifest["skipped"]:
+        reasons = Counter(s["reason"] for s in manifest["skipped"])
+        top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+        print(f"  skipped {len(manifest['skipped'])} (manifest.json lists each): {top}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mrnet-ray prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="gtzan, fma, melon, folder or demo")
+    p.add_argument("--root", required=True, help="the dataset's directory")
+    p.add_argument("--out", required=True, help="output directory or s3:// URI")
+    p.add_argument("--subset", choices=("small", "medium", "large"), help="FMA subset")
+    p.add_argument("--split-mode", default="default", help="filtered|official|random|kfold|file")
+    p.add_argument("--seed", type=int, default=SplitOptions.seed)
+    p.add_argument("--valid-fraction", type=float, default=SplitOptions.valid_fraction)
+    p.add_argument("--test-fraction", type=float, default=SplitOptions.test_fraction)
+    p.add_argument("--folds", type=int, default=SplitOptions.n_folds, help="k of kfold")
+    p.add_argument("--fold", type=int, default=SplitOptions.fold, help="kfold's test fold")
+    p.add_argument("--split-file", help="CSV with header path,split (folder datasets)")
+    p.add_argument("--group-regex", help="regex on file stems; group 1 keys related clips")
+    f = p.add_argument_group("features (defaults: FeatureConfig)")
+    for name, kind in [
+        ("sample_rate", int),
+        ("n_fft", int),
+        ("hop_length", int),
+        ("n_mels", int),
+        ("f_min", float),
+        ("f_max", float),
+        ("top_db", float),
+        ("segment_seconds", float),
+        ("segment_hop_seconds", float),
+    ]:
+        f.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
+    f.add_argument("--short-clip", choices=("pad", "skip"), dest="short_clip")
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    p.add_argument("--limit", type=int, help="prepare at most N tracks (quick runs)")
+    return p
+
+
+def feature_from_args(args: argparse.Namespace, dataset: str) -> FeatureConfig:
+    """FeatureConfig from the flags given; the segment hop follows ``--segment-seconds``."""
+    given = {
+        k: getattr(args, k)
+        for k in FeatureConfig.field_names()
+        if getattr(args, k, None) is not None
+    }
+    if "segment_seconds" in given and "segment_hop_seconds" not in given:
+        given["segment_hop_seconds"] = given["segment_seconds"]
+    spectral = sorted(set(given) - {"segment_seconds", "segment_hop_seconds", "short_clip"})
+    if dataset == "melon" and spectral:
+        raise UserError(
+            f"--{spectral[0].replace('_', '-')} does not apply to melon: it ships ready "
+            "mel-spectrograms (48 bands, 16 kHz, hop 256); drop the flag"
+        )
+    try:
+        return FeatureConfig(**given)
+    except ValueError as e:
+        raise UserError(f"{e}") from None
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be >= 1")
+    opts = SplitOptions(
+        mode=args.split_mode,
+        seed=args.seed,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        n_folds=args.folds,
+        fold=args.fold,
+        split_file=args.split_file,
+        group_regex=args.group_regex,
+        subset=args.subset,
+    )
+    feature = feature_from_args(args, args.dataset)
+    prepare(args.dataset, args.root, args.out, opts, feature, args.force, args.limit)
+
+
+if __name__ == "__main__":
+    main()

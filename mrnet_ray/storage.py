@@ -1,0 +1,120 @@
+"""Where prepared directories live: local paths or object-store URIs, through pyarrow.fs.
+
+A prepared directory is complete exactly when its ``manifest.json`` exists. Locally it is
+built in a sibling ``DIR.tmp-<random>`` and renamed into place, so ``DIR`` never appears
+half-written; on object stores (no atomic rename) the files go straight to ``DIR`` and the
+manifest is removed first and written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from mrnet_ray.errors import UserError
+
+MANIFEST = "manifest.json"
+
+
+def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
+    """``(filesystem, path within it, display URI)`` for a local path or a ``scheme://`` URI."""
+    text = os.fspath(location)
+    if "://" in text:
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pafs.ArrowInvalid, OSError) as e:  # type: ignore[attr-defined]
+            raise UserError(f"{text}: cannot open this location ({e})") from None
+        return fs, path.rstrip("/"), text.rstrip("/")
+    path = str(Path(text).expanduser().resolve())
+    return pafs.LocalFileSystem(), path, path
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    """Parsed JSON at ``path``, or None if there is no such file or it does not parse."""
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        try:
+            return json.loads(f.read().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+
+
+class Target:
+    """The output location of one prepare run."""
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.fs, self.path, self.uri = resolve(location)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def result(self) -> Path | str:
+        return Path(self.path) if self.local else self.uri
+
+    def existing_manifest(self) -> dict | None:
+        manifest = read_json(self.fs, f"{self.path}/{MANIFEST}")
+        return manifest if isinstance(manifest, dict) else None
+
+    def check_replaceable(
+        self, existing: dict | None, dataset: str, root: str, force: bool
+    ) -> None:
+        """UserError unless ``DIR`` is absent, empty, or a prepared directory we may replace.
+
+        A prepared directory of the same dataset and root is rebuilt when its inputs changed;
+        one of another dataset needs ``force``; anything else is never touched.
+        """
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.NotFound:
+            return
+        if info.type != pafs.FileType.Directory:
+            raise UserError(f"--out {self.uri}: is a file; choose a directory path")
+        if existing is None:
+            if self.fs.get_file_info(pafs.FileSelector(self.path)):
+                raise UserError(
+                    f"--out {self.uri}: exists and is not a prepared directory (no {MANIFEST}); "
+                    "remove it or choose another --out"
+                )
+            return
+        same = (existing.get("dataset"), existing.get("root")) == (dataset, root)
+        if not same and not force:
+            raise UserError(
+                f"--out {self.uri}: holds prepared {existing.get('dataset')} data from "
+                f"{existing.get('root')}; pass --force to replace it or choose another --out"
+            )
+        print(f"{self.uri}: inputs changed since {existing.get('created')}; rebuilding")
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[str]:
+        """Yield the directory to write into; on success it becomes ``DIR``, on error it goes."""
+        if not self.local:
+            if self.existing_manifest() is not None:
+                self.fs.delete_file(f"{self.path}/{MANIFEST}")
+            self.fs.create_dir(self.path, recursive=True)
+            self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+            yield self.path
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{self.path}.tmp-{secrets.token_hex(4)}"
+        os.mkdir(tmp)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = f"{self.path}.old-{secrets.token_hex(4)}"
+        if os.path.exists(self.path):
+            os.rename(self.path, old)
+        os.rename(tmp, self.path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def write_manifest(self, directory: str, manifest: dict) -> None:
+        with self.fs.open_output_stream(f"{directory}/{MANIFEST}") as f:
+            f.write(json.dumps(manifest, indent=1, ensure_ascii=False).encode())
