@@ -38,16 +38,22 @@ ROWS_PER_FILE = 512
 """Segments per Parquet file at least (about 34 MB at 128 x 130 float32)."""
 
 
+def _deal(queues: list[list[Track]]) -> list[Track]:
+    """Round-robin: the first of each queue, then the second of each, and so on."""
+    depth = max(map(len, queues), default=0)
+    return [q[d] for d in range(depth) for q in queues if d < len(q)]
+
+
 def limit_tracks(tracks: tuple[Track, ...], limit: int) -> tuple[Track, ...]:
-    """The first ``limit`` tracks dealt round-robin over (split, label), so all stay present."""
-    buckets: dict[tuple[str, str], list[Track]] = defaultdict(list)
-    for t in sorted(tracks, key=lambda t: t.track_id):
-        buckets[(t.split, t.label)].append(t)
-    queues = [buckets[k] for k in sorted(buckets)]
-    picked: list[Track] = []
-    for depth in range(max(map(len, queues), default=0)):
-        picked += [q[depth] for q in queues if depth < len(q)]
-    return tuple(sorted(picked[:limit], key=lambda t: t.track_id))
+    """``limit`` tracks dealt over splits and, within each, over labels (rotated per split),
+    so even a handful of tracks covers every split and every label."""
+    per_split = []
+    for j, split in enumerate(sorted({t.split for t in tracks})):
+        mine = sorted((t for t in tracks if t.split == split), key=lambda t: t.track_id)
+        labels = sorted({t.label for t in mine})
+        labels = labels[j % len(labels) :] + labels[: j % len(labels)]
+        per_split.append(_deal([[t for t in mine if t.label == label] for label in labels]))
+    return tuple(sorted(_deal(per_split)[:limit], key=lambda t: t.track_id))
 
 
 def content_hash(dataset: str, listing: Listing, feature: FeatureConfig) -> str:

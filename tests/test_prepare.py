@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from mrnet_ray import features
+from mrnet_ray import features, storage
+from mrnet_ray.config import FeatureConfig
 from mrnet_ray.data import open_prepared
+from mrnet_ray.datasets import SplitOptions
+from mrnet_ray.errors import UserError
+from mrnet_ray.prepare import limit_tracks, main, prepare
 
 
 def _manifest(directory: Path) -> dict:
@@ -61,3 +70,150 @@ def test_segments_equal_direct_frontend(tiny_prepared, audio_folder, tiny_featur
                 np.testing.assert_allclose(arrays.mel[rows], expected, atol=1e-4)
                 checked.add(track_id)
     assert checked == {"low/low_01", "mid/mid_03"}
+
+
+def test_gtzan_cli_rerun_is_a_noop_and_force_rebuilds(ray_session, gtzan_tree, tmp_path, capsys):
+    out = tmp_path / "gtzan"
+    argv = [
+        "--dataset", "gtzan", "--root", str(gtzan_tree.root), "--out", str(out),
+        "--sample-rate", "8000", "--n-mels", "16", "--hop-length", "128", "--n-fft", "256",
+        "--segment-seconds", "0.5",
+    ]  # fmt: skip
+    main(argv)
+    first = _manifest(out)
+    assert first["feature"]["segment_hop_seconds"] == 0.5  # the hop follows --segment-seconds
+    assert first["labels"] == ["blues", "jazz", "pop"]
+    expected = Counter(gtzan_tree.splits.values())
+    assert {s: c["tracks"] for s, c in first["counts"].items()} == expected
+    assert all(c["segments"] == 4 * c["tracks"] for c in first["counts"].values())  # 2 s clips
+    reasons = {Path(s["path"]).name: s["reason"] for s in first["skipped"]}
+    assert reasons["jazz.00054.wav"].startswith("known corrupt file in common GTZAN copies (")
+    files = sorted(p.name for p in out.rglob("*.parquet"))
+    assert "tracks" in capsys.readouterr().out
+
+    main(argv)
+    assert "up to date" in capsys.readouterr().out
+    assert _manifest(out) == first and sorted(p.name for p in out.rglob("*.parquet")) == files
+
+    main([*argv, "--force"])
+    assert "prepared gtzan" in capsys.readouterr().out
+    rebuilt = _manifest(out)
+    assert rebuilt["content_hash"] == first["content_hash"]
+    assert sorted(p.name for p in out.rglob("*.parquet")) != files  # new shards were written
+    assert not list(tmp_path.glob("gtzan.*"))  # no temporary or old sibling left behind
+
+
+def test_changed_settings_rebuild_and_other_datasets_need_force(
+    ray_session, gtzan_tree, melon_tree, tmp_path, capsys
+):
+    feature = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    out = prepare("gtzan", gtzan_tree.root, tmp_path / "p", feature=feature, limit=3)
+    before = _manifest(out)
+    assert sum(c["tracks"] for c in before["counts"].values()) == 3
+    prepare("gtzan", gtzan_tree.root, out, feature=feature.replace(n_mels=12), limit=3)
+    assert "inputs changed" in capsys.readouterr().out
+    assert _manifest(out)["feature"]["n_mels"] == 12
+    with pytest.raises(UserError, match="holds prepared gtzan data.*pass --force"):
+        prepare("melon", melon_tree.root, out)
+    not_ours = tmp_path / "notes"
+    not_ours.mkdir()
+    (not_ours / "todo.txt").write_text("keep me")
+    with pytest.raises(UserError, match="exists and is not a prepared directory"):
+        prepare("gtzan", gtzan_tree.root, not_ours, feature=feature, force=True)
+    assert (not_ours / "todo.txt").read_text() == "keep me"
+
+
+def test_interrupted_run_leaves_no_complete_looking_dir(
+    ray_session, gtzan_tree, tmp_path, monkeypatch
+):
+    out = tmp_path / "p"
+    seen = {}
+
+    def fail_at_manifest(self, directory, manifest):
+        seen["staging"] = Path(directory)
+        seen["shards"] = len(list(Path(directory).rglob("*.parquet")))
+        seen["out_exists"] = out.exists()
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C just before the manifest
+
+    monkeypatch.setattr(storage.Target, "write_manifest", fail_at_manifest)
+    feature = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("gtzan", gtzan_tree.root, out, feature=feature, limit=4)
+    assert seen["staging"].name.startswith("p.tmp-") and seen["shards"] > 0
+    assert not seen["out_exists"] and not out.exists() and not seen["staging"].exists()
+    with pytest.raises(UserError, match="does not exist; run `mrnet-ray prepare"):
+        open_prepared(out)
+
+
+def test_short_clips_skipped_fma_mp3s_and_ray_datasets(
+    ray_session, audio_folder, fma_tree, tiny_feature, tmp_path
+):
+    skip = tiny_feature.replace(short_clip="skip")
+    out = prepare("folder", audio_folder.root, tmp_path / "skip", feature=skip)
+    reasons = {Path(s["path"]).name: s["reason"] for s in _manifest(out)["skipped"]}
+    assert reasons["short.wav"] == "shorter than one segment (1 s) and short_clip='skip'"
+
+    out = prepare("fma", fma_tree.root, tmp_path / "fma", feature=tiny_feature)
+    m = _manifest(out)
+    assert m["labels"] == ["Hip-Hop", "Rock"]
+    reasons = {Path(s["path"]).stem: s["reason"] for s in m["skipped"]}
+    assert "cannot decode audio" in reasons[f"{fma_tree.corrupt:06d}"]
+    assert m["counts"]["train"]["tracks"] == 4 and m["counts"]["test"]["tracks"] == 2
+    datasets = open_prepared(out).ray_datasets()
+    assert datasets["train"].count() == m["counts"]["train"]["segments"]
+    batch = datasets["valid"].take_batch(2, batch_format="numpy")
+    assert batch["mel"].shape == (2, 32, 62) and batch["label"].dtype == np.int64
+
+
+def test_melon_arrays_prepare_without_decoding(ray_session, melon_tree, tmp_path):
+    feature = FeatureConfig(segment_seconds=1.0)
+    out = prepare("melon", melon_tree.root, tmp_path / "melon", feature=feature)
+    prepared = open_prepared(out)
+    assert prepared.feature.n_mels == 48 and prepared.feature.sample_rate == 16000
+    assert prepared.feature.segment_frames == 62
+    m = prepared.manifest
+    assert sum(c["tracks"] for c in m["counts"].values()) == len(melon_tree.kept)
+    bad = next(s for s in m["skipped"] if Path(s["path"]).stem == str(melon_tree.bad_shape))
+    assert "array shape (40," in bad["reason"]
+    arrays = {s: prepared.read_arrays(s) for s in ("train", "valid", "test")}
+    first = {}  # track id -> its first segment (rows sorted by track, then segment)
+    for a in arrays.values():
+        for i, t in enumerate(a.track_id):
+            first.setdefault(t, a.mel[i])
+    source = np.load(melon_tree.root / "arena_mel" / "0" / "0.npy")
+    np.testing.assert_array_equal(first["0"], source[:, :62])  # taken as they are
+
+
+def test_open_prepared_refuses_mismatch_and_incomplete_dirs(tiny_prepared, tiny_feature, tmp_path):
+    prepared = open_prepared(tiny_prepared)
+    prepared.check_features(tiny_feature)
+    with pytest.raises(UserError, match=r"n_mels: prepared 32, asked 64.*re-run prepare"):
+        prepared.check_features(tiny_feature.replace(n_mels=64, short_clip="skip"))
+    with pytest.raises(UserError, match="short_clip: prepared 'pad', asked 'skip'"):
+        prepared.check_features(tiny_feature.replace(short_clip="skip"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_prepared, copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(UserError, match="has no readable manifest.json"):
+        open_prepared(copy)
+
+
+def test_limit_deals_tracks_over_splits_and_labels(audio_folder):
+    from mrnet_ray.datasets import adapter
+
+    tracks = adapter("folder")(audio_folder.root, SplitOptions(seed=0)).tracks
+    picked = limit_tracks(tracks, 6)
+    assert len(picked) == 6 and len({t.label for t in picked}) == 3
+    assert {t.split for t in picked} == {"train", "valid", "test"}
+
+
+def test_cli_bad_root_prints_one_line_and_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mrnet_ray.prepare", "--dataset", "gtzan", "--root",
+         str(tmp_path), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --root ") and result.stderr.count("\n") == 1
+    assert "expected ROOT/genres/<genre>/<genre>.000NN.wav" in result.stderr
+    assert not (tmp_path / "out").exists()
