@@ -64,9 +64,6 @@ class Prepared:
                 "with those settings into another --out, or drop the differing flags"
             )
 
-    def split_uri(self, split: str) -> str:
-        return f"{self.path.rstrip('/')}/{split}"
-
     def segments(self, split: str) -> int:
         return int(self.manifest["counts"].get(split, {}).get("segments", 0))
 

@@ -21,6 +21,15 @@ import soundfile as sf
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Train worker groups that cannot start (e.g. CPU deadlock on 2 cores) fail in 30 s, not 60.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
+# s3:// tests talk to a local moto server; fake credentials (inherited by Ray workers, which
+# start with the session) keep the AWS SDK from looking anywhere else for them.
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 # ---- audio synthesis ------------------------------------------------------------------------
 
@@ -254,6 +263,22 @@ def melon_tree(tmp_path_factory: pytest.TempPathFactory) -> MelonTree:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, mel)
     return MelonTree(root, kept, multi_genre, missing_array, bad_shape)
+
+
+# ---- object store ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_uri():
+    """``s3_uri(bucket, key) -> URI`` of a local moto S3 server (pyarrow's URI options)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&allow_bucket_creation=true"
+    yield lambda bucket, key: f"s3://{bucket}/{key}?{options}"
+    server.stop()
 
 
 # ---- Ray and prepared data ------------------------------------------------------------------

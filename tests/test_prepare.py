@@ -217,3 +217,19 @@ def test_cli_bad_root_prints_one_line_and_exits_2(tmp_path):
     assert result.stderr.startswith("error: --root ") and result.stderr.count("\n") == 1
     assert "expected ROOT/genres/<genre>/<genre>.000NN.wav" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_to_s3_and_read_back(ray_session, gtzan_tree, s3_uri):
+    """Object stores: shards written through pyarrow.fs; the manifest, last, marks completion."""
+    feature = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    uri = s3_uri("prepared", "gtzan/tiny")
+    assert prepare("gtzan", gtzan_tree.root, uri, feature=feature, limit=6) == uri
+    prepared = open_prepared(uri)
+    assert prepared.feature == feature and prepared.labels == ("blues", "jazz", "pop")
+    for split in ("train", "valid", "test"):
+        arrays = prepared.read_arrays(split)
+        assert arrays.mel.shape == (prepared.segments(split), 16, 188)
+    assert prepared.ray_datasets(["train"])["train"].count() == prepared.segments("train")
+    assert prepare("gtzan", gtzan_tree.root, uri, feature=feature, limit=6) == uri  # no-op
+    with pytest.raises(UserError, match="does not exist; run `mrnet-ray prepare"):
+        open_prepared(s3_uri("prepared", "elsewhere"))

@@ -1,0 +1,158 @@
+"""Benchmark prepare: decode + log-mel speed, Ray Data scaling and memory.
+
+Writes its own 30 s, 22,050 Hz mono WAV files (harmonic tones plus noise, four classes) and
+measures, with the default FeatureConfig (128 mel bands, hop 512, 3 s segments):
+
+1. ``realtime_per_core``: seconds of audio turned into segments per second by a plain
+   single-process loop over ``features.audio_to_segments`` (one torch thread).
+2. ``ray_speedup``: that loop's wall time over ``prepare``'s (Ray Data, ``--cpus`` CPUs) on
+   the same files, end to end (listing, decode, features, Parquet writes, manifest), once
+   with cold Ray workers (first run: each worker imports torch) and once warm (``force``).
+3. ``peak_rss_mb``: the peak resident memory of the driver plus every process it started
+   (raylet, object store, workers) during the warm run, at two dataset sizes; streaming
+   execution should keep it flat as the dataset grows. RSS counts shared pages once per
+   process, so the absolute figure is an over-estimate; the comparison is what matters.
+
+Targets: >= 200x real time per core, speed-up >= 1.6 on 2 cores, flat memory.
+Run: ``python benchmarks/bench_prepare.py [--quick] [--json OUT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+import torch
+
+from mrnet_ray import features
+from mrnet_ray.config import FeatureConfig
+from mrnet_ray.datasets import SplitOptions
+
+SECONDS = 30.0
+RATE = 22050
+CLASSES = {"c110": 110.0, "c220": 220.0, "c440": 440.0, "c880": 880.0}
+
+
+def write_corpus(root: Path, n_files: int, seed: int = 0) -> list[Path]:
+    """``n_files`` clips of 30 s in ``root/<class>/`` (16-bit WAV, like GTZAN)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(SECONDS * RATE)) / RATE
+    paths = []
+    for i in range(n_files):
+        label, hz = list(CLASSES.items())[i % len(CLASSES)]
+        tone = sum(np.sin(2 * np.pi * k * hz * t + rng.uniform(0, 6)) / k for k in (1, 2, 3))
+        wave = 0.2 * tone + 0.02 * rng.standard_normal(t.size)
+        path = root / label / f"{label}_{i:04d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, wave.astype(np.float32), RATE, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def single_process(paths: list[Path], cfg: FeatureConfig) -> float:
+    """Wall seconds for the plain loop (one thread; the first file warms the caches)."""
+    torch.set_num_threads(1)
+    features.audio_to_segments(paths[0], cfg)
+    start = time.perf_counter()
+    for path in paths:
+        features.audio_to_segments(path, cfg)
+    return time.perf_counter() - start
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants in a thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a worker that exited meanwhile
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed_prepare(root: Path, out: Path, cfg: FeatureConfig) -> tuple[float, int]:
+    from mrnet_ray.prepare import prepare
+
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        prepare("folder", root, out, SplitOptions(seed=0), cfg, force=True)
+        wall = time.perf_counter() - start
+    return wall, rss.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="8 and 32 files instead of 40/160")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    sizes = (8, 32) if args.quick else (40, 160)
+    cfg = FeatureConfig()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        results: dict = {"feature": cfg.to_dict(), "clip_seconds": SECONDS, "cpus": args.cpus}
+        big = write_corpus(work / "big", max(sizes))
+        small_root = work / "small"
+        for path in big[: min(sizes)]:  # the small set is a prefix of the big one
+            (small_root / path.parent.name).mkdir(parents=True, exist_ok=True)
+            os.link(path, small_root / path.parent.name / path.name)
+
+        loop_wall = single_process(big, cfg)
+        audio_seconds = SECONDS * len(big)
+        results["realtime_per_core"] = round(audio_seconds / loop_wall, 1)
+        print(f"single process: {audio_seconds:.0f} s of audio in {loop_wall:.2f} s "
+              f"= {results['realtime_per_core']}x real time on one core")  # fmt: skip
+
+        import ray
+
+        ray.init(num_cpus=args.cpus, include_dashboard=False)
+        cold_wall, _ = timed_prepare(work / "big", work / "out_big", cfg)
+        warm_wall, peak_big = timed_prepare(work / "big", work / "out_big", cfg)
+        _, peak_small = timed_prepare(small_root, work / "out_small", cfg)
+        ray.shutdown()
+        results["ray_speedup_cold"] = round(loop_wall / cold_wall, 2)
+        results["ray_speedup_warm"] = round(loop_wall / warm_wall, 2)
+        results["ray_wall_s"] = {"cold": round(cold_wall, 2), "warm": round(warm_wall, 2)}
+        results["loop_wall_s"] = round(loop_wall, 2)
+        results["peak_rss_mb"] = {
+            str(min(sizes)): round(peak_small / 2**20),
+            str(max(sizes)): round(peak_big / 2**20),
+        }
+        print(json.dumps(results, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
