@@ -20,6 +20,7 @@ import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import get_args
 
 import pyarrow.fs as pafs
 import ray
@@ -27,16 +28,28 @@ import ray
 import mrnet_ray
 from mrnet_ray import storage
 from mrnet_ray.config import FeatureConfig
-from mrnet_ray.datasets import SPLITS, Listing, Skipped, SplitOptions, Track, adapter
+from mrnet_ray.datasets import (
+    ADAPTERS,
+    SPLITS,
+    Listing,
+    Skipped,
+    SplitMode,
+    SplitOptions,
+    Track,
+    adapter,
+)
 from mrnet_ray.errors import UserError, cli
-from mrnet_ray.shards import Ledger, segment_tracks
+from mrnet_ray.ledger import Ledger
+from mrnet_ray.shards import segment_tracks
 
 FORMAT = 1
 """Version of the prepared directory's layout; part of the content hash."""
 CPUS_PER_TASK = 0.5
-"""Decode tasks are single-threaded and wait on I/O at times; two per core keep cores busy."""
-ROWS_PER_FILE = 512
-"""Segments per Parquet file at least (about 34 MB at 128 x 130 float32)."""
+"""Decode tasks are single-threaded and wait on I/O at times (network storage above all);
+two per core keep the cores busy."""
+TRACKS_PER_BLOCK = 16
+"""Tracks per map task, and so per Parquet file (about 10 MB of 30 s clips at the defaults):
+each task writes its own segments, so they never travel through the object store."""
 
 
 def _deal(queues: list[list[Track]]) -> list[Track]:
@@ -89,8 +102,9 @@ def _resolve_feature(dataset: str, listing: Listing, feature: FeatureConfig) -> 
 
 def _write_split(rows: list[dict], staging: str, fs: pafs.FileSystem, fn_kwargs: dict) -> None:
     """One split's tracks -> ``staging/<split>/*.parquet`` through Ray Data."""
-    cpus = ray.cluster_resources().get("CPU", 1)
-    n_blocks = min(len(rows), max(int(4 * cpus / CPUS_PER_TASK), math.ceil(len(rows) / 4)), 2000)
+    slots = ray.cluster_resources().get("CPU", 1) / CPUS_PER_TASK
+    # Small splits get more, smaller blocks (two per task slot) so every core has work.
+    n_blocks = min(len(rows), max(math.ceil(len(rows) / TRACKS_PER_BLOCK), int(2 * slots)))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         segment_tracks,
@@ -99,9 +113,7 @@ def _write_split(rows: list[dict], staging: str, fs: pafs.FileSystem, fn_kwargs:
         num_cpus=CPUS_PER_TASK,
         fn_kwargs=fn_kwargs,
     )
-    ds.write_parquet(
-        f"{staging}/{rows[0]['split']}", filesystem=fs, min_rows_per_file=ROWS_PER_FILE
-    )
+    ds.write_parquet(f"{staging}/{rows[0]['split']}", filesystem=fs)
 
 
 def _manifest(
@@ -176,7 +188,7 @@ def prepare(
             f"{target.uri} is up to date (content hash {digest}); nothing to do (--force rebuilds)"
         )
         return target.result
-    target.check_replaceable(existing, dataset, str(root), force)
+    target.check_replaceable(existing, dataset, str(root), digest, force)
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -201,22 +213,24 @@ def prepare(
         "known_faults": listing.known_faults,
         "ledger": ledger,
     }
-    with target.staging() as staging:
-        for split in SPLITS:
-            target.fs.create_dir(f"{staging}/{split}")
-        # The splits run as concurrent Ray Data jobs: each job's start-up and tail (the last
-        # tasks, the final Parquet writes) overlap the others' work instead of adding up.
-        with ThreadPoolExecutor(len(SPLITS)) as pool:
-            jobs = [
-                pool.submit(_write_split, rows, staging, target.fs, fn_kwargs)
-                for rows in rows_by_split.values()
-            ]
-            for job in jobs:
-                job.result()
-        segments, failed = ray.get(ledger.result.remote())
-        manifest = _manifest(dataset, root, feature, listing, digest, segments, failed)
-        target.write_manifest(staging, manifest)
-    ray.kill(ledger)
+    try:
+        with target.staging() as staging:
+            for split in SPLITS:
+                target.fs.create_dir(f"{staging}/{split}")
+            # The splits run as concurrent Ray Data jobs: each job's start-up and tail (the
+            # last tasks and writes) overlap the others' work instead of adding up.
+            with ThreadPoolExecutor(len(SPLITS)) as pool:
+                jobs = [
+                    pool.submit(_write_split, rows, staging, target.fs, fn_kwargs)
+                    for rows in rows_by_split.values()
+                ]
+                for job in jobs:
+                    job.result()
+            segments, failed = ray.get(ledger.result.remote())
+            manifest = _manifest(dataset, root, feature, listing, digest, segments, failed)
+            target.write_manifest(staging, manifest)
+    finally:
+        ray.kill(ledger)
     _print_summary(dataset, manifest, target.uri)
     return target.result
 
@@ -234,12 +248,20 @@ def _print_summary(dataset: str, manifest: dict, uri: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mrnet-ray prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="gtzan, fma, melon, folder or demo")
+    p = argparse.ArgumentParser(
+        prog="mrnet-ray prepare",
+        description="Build log-mel Parquet shards of a dataset with Ray Data.",
+    )
+    p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS))
     p.add_argument("--root", required=True, help="the dataset's directory")
     p.add_argument("--out", required=True, help="output directory or s3:// URI")
     p.add_argument("--subset", choices=("small", "medium", "large"), help="FMA subset")
-    p.add_argument("--split-mode", default="default", help="filtered|official|random|kfold|file")
+    p.add_argument(
+        "--split-mode",
+        default="default",
+        choices=get_args(SplitMode),
+        help="default: gtzan filtered, fma official, melon random, folder file|random",
+    )
     p.add_argument("--seed", type=int, default=SplitOptions.seed)
     p.add_argument("--valid-fraction", type=float, default=SplitOptions.valid_fraction)
     p.add_argument("--test-fraction", type=float, default=SplitOptions.test_fraction)
@@ -259,7 +281,8 @@ def _parser() -> argparse.ArgumentParser:
         ("segment_seconds", float),
         ("segment_hop_seconds", float),
     ]:
-        f.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
+        default = getattr(FeatureConfig, name)
+        f.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help=f"({default})")
     f.add_argument("--short-clip", choices=("pad", "skip"), dest="short_clip")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.add_argument("--limit", type=int, help="prepare at most N tracks (quick runs)")

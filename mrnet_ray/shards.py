@@ -4,8 +4,8 @@
 (``path``, ``track_id``, ``track_index``, ``label``, ``label_name``, ``split``) and returns
 segment rows (the prepared directory's columns, ``mel`` as ``(n, n_mels, segment_frames)``).
 A file that fails to decode, or is too short under ``short_clip="skip"``, yields no rows;
-its reason goes to the :class:`Ledger` actor together with every track's segment count, so
-one bad file never fails the job and the manifest can still report it.
+its reason goes to the :class:`~mrnet_ray.ledger.Ledger` actor together with every track's
+segment count, so one bad file never fails the job and the manifest can still report it.
 """
 
 from __future__ import annotations
@@ -23,22 +23,6 @@ from mrnet_ray.features import AudioError, audio_to_segments
 TRACK_COLUMNS = ("path", "track_id", "track_index", "label", "label_name", "split")
 
 
-@ray.remote(num_cpus=0)
-class Ledger:
-    """Collects per-track outcomes from the map tasks (keyed by track, so retries are harmless)."""
-
-    def __init__(self) -> None:
-        self.segments: dict[int, int] = {}
-        self.skipped: dict[int, str] = {}
-
-    def record(self, segments: dict[int, int], skipped: dict[int, str]) -> None:
-        self.segments.update(segments)
-        self.skipped.update(skipped)
-
-    def result(self) -> tuple[dict[int, int], dict[int, str]]:
-        return self.segments, self.skipped
-
-
 def _segments_of(path: str, cfg: FeatureConfig, kind: str) -> np.ndarray:
     if kind == "mel":
         from mrnet_ray.datasets.melon import mel_to_segments
@@ -54,7 +38,7 @@ def segment_tracks(
     known_faults: dict[str, str],
     ledger: Any,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Track rows -> segment rows; reports outcomes to ``ledger`` (a :class:`Ledger` handle)."""
+    """Track rows -> segment rows; reports outcomes to ``ledger`` (a ``Ledger`` actor handle)."""
     torch.set_num_threads(1)  # parallelism comes from Ray tasks; one thread each avoids thrash
     cfg = FeatureConfig.from_dict(feature)
     columns: dict[str, list[Any]] = {c: [] for c in TRACK_COLUMNS[1:]}

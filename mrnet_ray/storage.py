@@ -64,7 +64,7 @@ class Target:
         return manifest if isinstance(manifest, dict) else None
 
     def check_replaceable(
-        self, existing: dict | None, dataset: str, root: str, force: bool
+        self, existing: dict | None, dataset: str, root: str, digest: str, force: bool
     ) -> None:
         """UserError unless ``DIR`` is absent, empty, or a prepared directory we may replace.
 
@@ -89,7 +89,10 @@ class Target:
                 f"--out {self.uri}: holds prepared {existing.get('dataset')} data from "
                 f"{existing.get('root')}; pass --force to replace it or choose another --out"
             )
-        print(f"{self.uri}: inputs changed since {existing.get('created')}; rebuilding")
+        if existing.get("content_hash") == digest:
+            print(f"{self.uri}: up to date, rebuilding as asked (--force)")
+        else:
+            print(f"{self.uri}: inputs changed since {existing.get('created')}; rebuilding")
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[str]:
