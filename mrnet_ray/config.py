@@ -222,8 +222,9 @@ class MRNetConfig(_Config):
 
     @property
     def min_frames(self) -> int:
-        """Shortest input (frames) the network accepts: the 2-D baseline pools time by 2**7."""
-        return 128 if self.arch == "shortchunk" else 1
+        """Shortest input (frames) the network accepts: 1 for every arch ('same'-padded 1-D
+        convs; the 2-D baseline's stride-2 convs round up, so 7 halvings leave >= 1 frame)."""
+        return 1
 
 
 @dataclass(frozen=True)
