@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     best, best_metrics = max(
         result.best_checkpoints or [(result.checkpoint, result.metrics)],
-        key=lambda pair: pair[1]["valid_track_acc"],
+        key=lambda pair: (pair[1]["valid_track_acc"], -pair[1]["valid_loss"]),  # ties: lower loss
     )
     print(f"run {name} in {result.path}")
     print(f"last (epoch {result.metrics['epoch']}): {_summary(result.metrics)}")
