@@ -21,6 +21,9 @@ import soundfile as sf
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Train worker groups that cannot start (e.g. CPU deadlock on 2 cores) fail in 30 s, not 60.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
+# Ray starts workers at nice 15; next to other busy processes they then barely run and tests
+# crawl or time out. Nice 0 gives them a fair share of the CPU.
+os.environ.setdefault("RAY_worker_niceness", "0")
 # s3:// tests talk to a local moto server; fake credentials (inherited by Ray workers, which
 # start with the session) keep the AWS SDK from looking anywhere else for them.
 for _key, _value in {
