@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 from mrnet_ray import storage
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.errors import UserError
+from mrnet_ray.manifest import FORMAT
 
-FORMAT = 1
-"""The prepared-directory format this module reads (``manifest["format"]``)."""
 __all__ = ["Prepared", "SplitArrays", "open_prepared"]
 
 COLUMNS = ("track_id", "track_index", "segment", "label", "label_name", "split", "mel")

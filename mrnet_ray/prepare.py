@@ -7,43 +7,37 @@ it goes to a sibling ``DIR.tmp-<random>`` that is renamed to ``DIR`` at the end,
 only ever appears complete; on object stores (``s3://...``) files go straight to ``DIR`` and
 the manifest, written last, marks it complete. A re-run whose inputs (listing with sizes and
 mtimes, feature settings, format) hash the same does nothing unless ``force``.
+
+On a multi-node cluster every node reads the sources and writes shards, so ``--root`` must be
+a path all nodes see (a shared mount) and ``--out`` a shared path or an ``s3://`` URI.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import json
 import math
 import os
-from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
 from pathlib import Path
 from typing import get_args
 
 import pyarrow.fs as pafs
 import ray
 
-import mrnet_ray
-from mrnet_ray import storage
+from mrnet_ray import manifest, storage
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.datasets import (
     ADAPTERS,
     SPLITS,
     Listing,
-    Skipped,
     SplitMode,
     SplitOptions,
-    Track,
     adapter,
 )
 from mrnet_ray.errors import UserError, cli
 from mrnet_ray.ledger import Ledger
 from mrnet_ray.shards import segment_tracks
 
-FORMAT = 1
-"""Version of the prepared directory's layout; part of the content hash."""
 CPUS_PER_TASK = 1.0
 """One CPU per decode task, as Ray Data's write tasks ask: equal requests let Ray fuse decode
 and write into one task, and one worker per CPU stays alive between runs. Measured on 2 cores:
@@ -53,42 +47,6 @@ SCALAR_COLUMNS = ("track_id", "track_index", "segment", "label", "label_name", "
 TRACKS_PER_BLOCK = 16
 """Tracks per map task, and so per Parquet file (about 10 MB of 30 s clips at the defaults):
 each task writes its own segments, so they never travel through the object store."""
-
-
-def _deal(queues: list[list[Track]]) -> list[Track]:
-    """Round-robin: the first of each queue, then the second of each, and so on."""
-    depth = max(map(len, queues), default=0)
-    return [q[d] for d in range(depth) for q in queues if d < len(q)]
-
-
-def limit_tracks(tracks: tuple[Track, ...], limit: int) -> tuple[Track, ...]:
-    """``limit`` tracks dealt over splits and, within each, over labels (rotated per split),
-    so even a handful of tracks covers every split and every label."""
-    per_split = []
-    for j, split in enumerate(sorted({t.split for t in tracks})):
-        mine = sorted((t for t in tracks if t.split == split), key=lambda t: t.track_id)
-        labels = sorted({t.label for t in mine})
-        labels = labels[j % len(labels) :] + labels[: j % len(labels)]
-        per_split.append(_deal([[t for t in mine if t.label == label] for label in labels]))
-    return tuple(sorted(_deal(per_split)[:limit], key=lambda t: t.track_id))
-
-
-def content_hash(dataset: str, listing: Listing, feature: FeatureConfig) -> str:
-    """Hash of everything the output depends on: files (size, mtime), assignment, settings."""
-    files = []
-    for t in sorted(listing.tracks, key=lambda t: t.path):
-        st = os.stat(t.path) if os.path.exists(t.path) else None
-        size, mtime = (st.st_size, st.st_mtime_ns) if st else (-1, -1)
-        files.append([t.path, size, mtime, t.track_id, t.label, t.split, t.group])
-    payload = {
-        "format": FORMAT,
-        "dataset": dataset,
-        "kind": listing.kind,
-        "feature": feature.to_dict(),
-        "tracks": files,
-        "skipped": sorted([s.path, s.reason] for s in listing.skipped),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _resolve_feature(dataset: str, listing: Listing, feature: FeatureConfig) -> FeatureConfig:
@@ -127,43 +85,6 @@ def _write_split(rows: list[dict], staging: str, fs: pafs.FileSystem, fn_kwargs:
     )
 
 
-def _manifest(
-    dataset: str,
-    root: Path,
-    feature: FeatureConfig,
-    listing: Listing,
-    digest: str,
-    segments: dict[int, int],
-    failed: dict[int, str],
-) -> dict:
-    labels = listing.labels
-    counts: dict[str, dict] = {}
-    for split in SPLITS:
-        kept = [(i, t) for i, t in enumerate(listing.tracks) if t.split == split]
-        kept = [(i, t) for i, t in kept if segments.get(i, 0) > 0]
-        per_class = Counter(t.label for _, t in kept)
-        counts[split] = {
-            "tracks": len(kept),
-            "segments": sum(segments[i] for i, _ in kept),
-            "per_class": {name: per_class.get(name, 0) for name in labels},
-        }
-    skipped = list(listing.skipped) + [
-        Skipped(listing.tracks[i].path, reason) for i, reason in sorted(failed.items())
-    ]
-    return {
-        "format": FORMAT,
-        "dataset": dataset,
-        "root": str(root),
-        "feature": feature.to_dict(),
-        "labels": list(labels),
-        "counts": counts,
-        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
-        "content_hash": digest,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "mrnet_ray_version": mrnet_ray.__version__,
-    }
-
-
 def prepare(
     dataset: str,
     root: str | Path,
@@ -181,17 +102,11 @@ def prepare(
     root = Path(root).expanduser().resolve()
     listing = adapter(dataset)(root, opts or SplitOptions())
     if limit is not None:
-        listing = Listing(
-            limit_tracks(listing.tracks, limit),
-            listing.skipped,
-            listing.kind,
-            listing.feature,
-            listing.known_faults,
-        )
+        listing = listing.limit(limit)
     if not listing.tracks:
         raise UserError(f"--root {root}: {dataset} lists no tracks to prepare")
     feature = _resolve_feature(dataset, listing, feature or FeatureConfig())
-    digest = content_hash(dataset, listing, feature)
+    digest = manifest.content_hash(dataset, listing, feature)
     target = storage.Target(out)
     existing = target.existing_manifest()
     if existing and existing.get("content_hash") == digest and not force:
@@ -204,6 +119,9 @@ def prepare(
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=os.environ.get("RAY_ADDRESS"))
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    if nodes > 1:
+        print(f"note: {nodes} nodes read {root} and write {target.uri}: both must be shared")
     labels = listing.labels
     rows_by_split: dict[str, list[dict]] = defaultdict(list)
     for index, t in enumerate(listing.tracks):
@@ -228,34 +146,17 @@ def prepare(
         with target.staging() as staging:
             for split in SPLITS:
                 target.fs.create_dir(f"{staging}/{split}")
-            # The splits run as concurrent Ray Data jobs: each job's start-up and tail (the
-            # last tasks and writes) overlap the others' work instead of adding up.
-            with ThreadPoolExecutor(len(SPLITS)) as pool:
-                jobs = [
-                    pool.submit(_write_split, rows, staging, target.fs, fn_kwargs)
-                    for rows in rows_by_split.values()
-                ]
-                for job in jobs:
-                    job.result()
+            # One Ray Data job per split, one after another: run side by side they were
+            # half as slow again (three executors oversubscribing the same CPUs).
+            for rows in rows_by_split.values():
+                _write_split(rows, staging, target.fs, fn_kwargs)
             segments, failed = ray.get(ledger.result.remote())
-            manifest = _manifest(dataset, root, feature, listing, digest, segments, failed)
-            target.write_manifest(staging, manifest)
+            record = manifest.build(dataset, root, feature, listing, digest, segments, failed)
+            target.write_manifest(staging, record)
     finally:
         ray.kill(ledger)
-    _print_summary(dataset, manifest, target.uri)
+    print(manifest.summary(record, target.uri))
     return target.result
-
-
-def _print_summary(dataset: str, manifest: dict, uri: str) -> None:
-    counts = manifest["counts"]
-    tracks = sum(c["tracks"] for c in counts.values())
-    print(f"prepared {dataset}: {tracks} tracks, {len(manifest['labels'])} classes -> {uri}")
-    for split, c in counts.items():
-        print(f"  {split:5s} {c['tracks']:6d} tracks {c['segments']:8d} segments")
-    if manifest["skipped"]:
-        reasons = Counter(s["reason"] for s in manifest["skipped"])
-        top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
-        print(f"  skipped {len(manifest['skipped'])} (manifest.json lists each): {top}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -83,6 +83,14 @@ def test_modes_that_do_not_apply_are_refused(gtzan_tree, audio_folder):
         adapter("folder")(audio_folder.root, SplitOptions(subset="small"))
 
 
+def test_listing_limit_deals_tracks_over_splits_and_labels(audio_folder):
+    listing = adapter("folder")(audio_folder.root, SplitOptions(seed=0))
+    picked = listing.limit(6)
+    assert len(picked.tracks) == 6 and picked.skipped == listing.skipped
+    assert len({t.label for t in picked.tracks}) == 3
+    assert {t.split for t in picked.tracks} == {"train", "valid", "test"}
+
+
 # ---- folder ---------------------------------------------------------------------------------
 
 

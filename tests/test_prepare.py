@@ -16,9 +16,8 @@ import pytest
 from mrnet_ray import features, storage
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.data import open_prepared
-from mrnet_ray.datasets import SplitOptions
 from mrnet_ray.errors import UserError
-from mrnet_ray.prepare import limit_tracks, main, prepare
+from mrnet_ray.prepare import main, prepare
 
 
 def _manifest(directory: Path) -> dict:
@@ -196,15 +195,6 @@ def test_open_prepared_refuses_mismatch_and_incomplete_dirs(tiny_prepared, tiny_
     (copy / "manifest.json").unlink()
     with pytest.raises(UserError, match="has no readable manifest.json"):
         open_prepared(copy)
-
-
-def test_limit_deals_tracks_over_splits_and_labels(audio_folder):
-    from mrnet_ray.datasets import adapter
-
-    tracks = adapter("folder")(audio_folder.root, SplitOptions(seed=0)).tracks
-    picked = limit_tracks(tracks, 6)
-    assert len(picked) == 6 and len({t.label for t in picked}) == 3
-    assert {t.split for t in picked} == {"train", "valid", "test"}
 
 
 def test_cli_bad_root_prints_one_line_and_exits_2(tmp_path):

@@ -15,6 +15,7 @@ mrnet_ray.errors.UserError: unknown dataset 'mp3s'; known datasets: demo, fma, f
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -70,6 +71,24 @@ class Listing:
     def labels(self) -> tuple[str, ...]:
         """Class names in label-id order (sorted)."""
         return tuple(sorted({t.label for t in self.tracks}))
+
+    def limit(self, n: int) -> Listing:
+        """The first ``n`` tracks dealt over splits and, within each, over labels (rotated
+        per split), so even a handful of tracks covers every split and every label."""
+        per_split = []
+        for j, split in enumerate(sorted({t.split for t in self.tracks})):
+            mine = sorted((t for t in self.tracks if t.split == split), key=lambda t: t.track_id)
+            labels = sorted({t.label for t in mine})
+            labels = labels[j % len(labels) :] + labels[: j % len(labels)]
+            per_split.append(_deal([[t for t in mine if t.label == label] for label in labels]))
+        kept = tuple(sorted(_deal(per_split)[:n], key=lambda t: t.track_id))
+        return dataclasses.replace(self, tracks=kept)
+
+
+def _deal(queues: list[list[Track]]) -> list[Track]:
+    """Round-robin: the first of each queue, then the second of each, and so on."""
+    depth = max(map(len, queues), default=0)
+    return [q[d] for d in range(depth) for q in queues if d < len(q)]
 
 
 @dataclass(frozen=True)
