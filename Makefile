@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs/demo
 DATA ?= data
+DEMO_CORPUS ?= $(HOME)/.cache/mrnet_ray/demo-small
+DEMO_TRIALS ?= 6
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
@@ -51,6 +53,35 @@ test: install lint
 
 test-fast: install
 	$(VENV)/bin/pytest -m "not slow"
+
+# The MLflow UI on a search's run directory: make ui RUNS=runs/demo [PORT=5000]
+ui: $(STAMP)
+	$(PY) -m mrnet_ray.ui --run-dir $(RUNS) --port $${PORT:-5000}
+
+# The whole job on the built-in corpus: build it (music21 + FluidSynth, cached), prepare the
+# shards (Ray Data), search (Ray Tune + Optuna + ASHA, MLflow), export the best, predict.
+# Every step skips what is already done, so a second run is quick.
+demo: install
+	@echo "== 1/4 prepare: demo corpus -> $(DATA)/demo (log-mel Parquet shards)"
+	$(PY) -m mrnet_ray.prepare --dataset demo --root $(DEMO_CORPUS) --out $(DATA)/demo
+	@echo "== 2/4 search: $(DEMO_TRIALS) trials of search_spaces/demo.yaml -> $(RUNS)"
+	if [ -f $(RUNS)/search.json ]; then
+	  echo "search already ran in $(RUNS) (make clean to start over)"
+	else
+	  $(PY) -m mrnet_ray.tune --data $(DATA)/demo --space demo --num-samples $(DEMO_TRIALS) \
+	    --name demo --run-dir $(RUNS)
+	fi
+	@echo "== 3/4 export: the best trial, evaluated once on the test split"
+	$(PY) -m mrnet_ray.best --run-dir $(RUNS) --export $(RUNS)/best
+	@echo "== 4/4 predict: a few test clips with the exported model"
+	clips=$$(awk -F, '$$2 == "test" {print "$(DEMO_CORPUS)/" $$1}' $(DEMO_CORPUS)/split.csv | awk 'NR % 30 == 1' | head -4)
+	$(PY) -m mrnet_ray.predict $(RUNS)/best $$clips --top-k 2
+	@echo
+	@echo "Where to look:"
+	@echo "  MLflow UI:    make ui RUNS=$(RUNS)     (then open http://127.0.0.1:5000)"
+	@echo "  bundle:       $(RUNS)/best"
+	@echo "  model card:   $(RUNS)/best/MODEL_CARD.md"
+	@echo "  test metrics: $(RUNS)/best/metrics.json"
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
