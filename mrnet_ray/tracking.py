@@ -34,6 +34,7 @@ that copy on ``--resume``, so it holds only plain settings until Tune calls ``se
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -541,3 +542,189 @@ def list_trial_runs(uri: str, experiment: str, parent_run_id: str | None = None)
         )
         for r in runs
     ]
+
+
+# ---- model registry (``best --export`` writes, ``predict models:/...`` reads) ---------------
+
+TAG_TEST_ACC = "test_track_acc"
+"""Model-version tag: track accuracy on the prepared data's test split."""
+TAG_SOURCE_TRIAL = "mrnet_ray.source_trial"
+"""Export runs name their trial here, not in ``trial_id``, which marks trial runs."""
+BUNDLE_ARTIFACTS = "bundle"
+"""Artifact folder of an export run holding the exported bundle's files."""
+
+
+def missing_local_store(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store that does not exist (MLflow would create an empty
+    store there rather than fail), else None."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            return db
+    return None
+
+
+def metric_histories(uri: str, run_ids: Sequence[str], key: str) -> dict[str, dict[int, float]]:
+    """Per run, ``{step: value}`` of metric ``key`` (a re-run step keeps its latest value)."""
+    client = MlflowClient(uri)
+    out = {}
+    for run_id in run_ids:
+        history = sorted(
+            (m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)
+        )
+        out[run_id] = {step: value for step, _, value in history}
+    return out
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version, as ``best`` compares and ``predict`` downloads it."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def log_export(
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str | None,
+    run_name: str,
+    model: Any,
+    input_example: Any,
+    bundle_dir: Path,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float] = {},
+) -> tuple[str, str]:
+    """A new run (nested under ``parent_run_id``) holding ``metrics``, the model in MLflow's
+    format and the bundle's files under :data:`BUNDLE_ARTIFACTS`; returns ``(run_id, model_uri)``.
+
+    The signature leaves batch and frames open: ``(-1, n_mels, -1)`` -> ``(-1, n_classes)``.
+    MLflow 3 saves the model with ``torch.export`` (no pickle); the input example must have
+    more than one row and frame, or export fixes that dimension.
+    """
+    import importlib.metadata
+
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    with torch.no_grad():
+        n_classes = model(torch.from_numpy(input_example)).shape[1]
+    n_mels = input_example.shape[1]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_mels, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes))]),
+    )
+    client = MlflowClient(uri)
+    run_tags = {**tags, **({TAG_PARENT: parent_run_id} if parent_run_id else {})}
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
+    with _global_uri(uri), mlflow.start_run(run_id=run_id):  # log_model is fluent-only
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=input_example,
+            # Pinned here: inferring requirements reloads the model in a subprocess.
+            pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
+        )
+        client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACTS)
+        log_metrics(client, run_id, metrics, step=0)
+    return run_id, info.model_uri
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at ``uri`` for a while: fluent calls use it, and so
+    does the sqlite registry when it resolves a ``models:/m-...`` source (MLflow 3.17)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def register_version(
+    uri: str, name: str, model_uri: str, run_id: str, tags: Mapping[str, str]
+) -> ModelVersion:
+    """Register ``model_uri`` as a new version of ``name`` (created if missing)."""
+    client = MlflowClient(uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    with _global_uri(uri):
+        mv = client.create_model_version(
+            name, model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
+        )
+    return ModelVersion(name, str(mv.version), run_id, dict(tags))
+
+
+def alias_version(uri: str, name: str, alias: str) -> ModelVersion | None:
+    """The version ``alias`` points to, or None if the model or the alias does not exist."""
+    client = MlflowClient(uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return ModelVersion(name, str(mv.version), mv.run_id, dict(mv.tags))
+
+
+def set_alias(uri: str, name: str, alias: str, version: str) -> None:
+    MlflowClient(uri).set_registered_model_alias(name, alias, version)
+
+
+def resolve_model_uri(uri: str, model_uri: str) -> ModelVersion:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the registered version."""
+    ref = model_uri.removeprefix("models:/")
+    name, at, alias = ref.partition("@")
+    if not at:
+        name, _, alias = ref.rpartition("/")
+    if not name or not alias:
+        raise UserError(
+            f"{model_uri}: not a registered-model URI; use models:/<name>@<alias> "
+            "or models:/<name>/<version>"
+        )
+    client = MlflowClient(uri)
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if at
+            else client.get_model_version(name, alias)
+        )
+    except MlflowException as e:
+        raise UserError(
+            f"{model_uri}: not found in the registry at {uri} ({e.message.splitlines()[0]}); "
+            "check the name and alias, or --mlflow-uri"
+        ) from None
+    return ModelVersion(name, str(mv.version), mv.run_id, dict(mv.tags))
+
+
+def download_bundle(uri: str, version: ModelVersion, dst: Path) -> Path:
+    """The bundle files logged with ``version`` (by :func:`log_export`), downloaded to ``dst``."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one line per error on stderr
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=BUNDLE_ARTIFACTS, dst_path=str(dst),
+            tracking_uri=uri,
+        )  # fmt: skip
+    except (MlflowException, OSError) as e:
+        raise UserError(
+            f"models:/{version.name}/{version.version}: its run {version.run_id} holds no "
+            f"readable {BUNDLE_ARTIFACTS}/ artifacts ({e}); re-export with "
+            "python -m mrnet_ray.best --export"
+        ) from None
+    return Path(path)
