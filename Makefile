@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs/demo
 DATA ?= data
 DEMO_CORPUS ?= $(HOME)/.cache/mrnet_ray/demo-small
-DEMO_TRIALS ?= 6
+DEMO_TRIALS ?= 4
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
@@ -74,7 +74,8 @@ demo: install
 	@echo "== 3/4 export: the best trial, evaluated once on the test split"
 	$(PY) -m mrnet_ray.best --run-dir $(RUNS) --export $(RUNS)/best
 	@echo "== 4/4 predict: a few test clips with the exported model"
-	clips=$$(awk -F, '$$2 == "test" {print "$(DEMO_CORPUS)/" $$1}' $(DEMO_CORPUS)/split.csv | awk 'NR % 30 == 1' | head -4)
+	clips=$$(awk -F, '{sub(/\r$$/, "")} $$2 == "test" {print "$(DEMO_CORPUS)/" $$1}' \
+	  $(DEMO_CORPUS)/split.csv | awk 'NR % 30 == 1' | head -4)
 	$(PY) -m mrnet_ray.predict $(RUNS)/best $$clips --top-k 2
 	@echo
 	@echo "Where to look:"
