@@ -12,6 +12,7 @@ Only plain types are stored, so :func:`load_checkpoint` can use
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,15 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not how pickle failed
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        # torch's refusal spans lines and advises weights_only=False; name only what it refused
+        refused = re.search(r"WeightsUnpickler error: (.*?)\.?(?:\. |\n|$)", str(e))
+        if refused:
+            raise UserError(
+                f"{path}: refused: holds more than tensors and plain values ({refused.group(1)}); "
+                "load only checkpoints written by `mrnet-ray train`"
+            ) from None
+        detail = " ".join(str(e).split())
+        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {detail})") from None
 
 
 def model_from_checkpoint(
