@@ -220,12 +220,6 @@ class MRNetConfig(_Config):
     def n_blocks(self) -> int:
         return len(self.dilations)
 
-    @property
-    def min_frames(self) -> int:
-        """Shortest input (frames) the network accepts: 1 for every arch ('same'-padded 1-D
-        convs; the 2-D baseline's stride-2 convs round up, so 7 halvings leave >= 1 frame)."""
-        return 1
-
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):

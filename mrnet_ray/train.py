@@ -270,11 +270,6 @@ def make_trainer(
             f"crop_frames={cfg.crop_frames} exceeds the {feature.segment_frames}-frame segments "
             f"of {prepared_dir}; use a smaller crop or none"
         )
-    if frames < trial.model.min_frames:
-        raise UserError(
-            f"arch={trial.model.arch!r} needs >= {trial.model.min_frames} frames but gets "
-            f"{frames}; use longer segments (prepare) or a larger crop_frames"
-        )
     per_worker = prepared.segments("train") // resources.num_workers
     steps_per_epoch = per_worker // cfg.batch_size
     if steps_per_epoch < 1:
