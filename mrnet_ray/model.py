@@ -99,7 +99,7 @@ class ShortChunkCNN(nn.Module):
     -> ReLU -> dropout -> linear logits. Widths are w, w, 2w, 2w, 2w, 2w, 4w with
     ``w = channels // 4``: the default ``channels=512`` is the original's ``n_channels=128``
     (128 ... 512) and the last block is about C wide. Strided convs round up, so every length works
-    (``min_frames`` is 1); 3 s at 22,050 Hz / hop 512 (129 frames) ends with 2 time steps.
+    (down to 1 frame); 3 s at 22,050 Hz / hop 512 (129 frames) ends with 2 time steps.
     """
 
     def __init__(self, cfg: MRNetConfig) -> None:

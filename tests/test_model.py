@@ -64,7 +64,7 @@ def test_ecapa_ignores_route_depths():
 def test_shortchunk_output_shapes(n_mels, channels):
     cfg = tiny("shortchunk", n_mels=n_mels, channels=channels, res2_scale=1)
     model = build_model(cfg).eval()
-    for frames in (cfg.min_frames, 2, 37, 129, 130):
+    for frames in (1, 2, 37, 129, 130):
         assert model(torch.randn(2, n_mels, frames)).shape == (2, 3)
 
 
