@@ -1,15 +1,20 @@
 """Injected faults: armed pickles in checkpoints and bundles; arbitrary audio lengths, rates
-and segment settings through the frontend."""
+and segment settings through the frontend; a training worker killed mid-run."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 import torch
@@ -19,7 +24,7 @@ from hypothesis import strategies as st
 from mrnet_ray import features
 from mrnet_ray.bundle import CONFIG, FORMAT, TORCHSCRIPT, WEIGHTS, load_bundle
 from mrnet_ray.checkpoint import STATE_FILE, load_checkpoint, model_from_checkpoint
-from mrnet_ray.config import FeatureConfig, MRNetConfig, TrialConfig
+from mrnet_ray.config import FeatureConfig, MRNetConfig, ResourcesConfig, TrialConfig
 from mrnet_ray.errors import UserError
 from mrnet_ray.model import build_model
 
@@ -172,3 +177,60 @@ def test_segment_count_follows_the_documented_policy(
         expected = (frames - width) // step + 1  # a trailing partial window is dropped
     assert segs.shape == (expected, 8, width)  # (n_segments, n_mels, segment_frames)
     assert segs.dtype == np.float32 and np.isfinite(segs).all()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(
+    ray_session, tiny_prepared, tmp_path
+):
+    """SIGKILL one DDP worker once epoch 1 is checkpointed: Ray Train restarts the group
+    (max_failures=1) and the loop continues from that checkpoint to the last epoch."""
+    from ray.util.state import list_actors
+
+    from mrnet_ray.train import make_trainer
+
+    model = {"channels": 8, "res2_scale": 2, "dilations": [2], "route_depths": [[1]],
+             "se_channels": 4, "attention_channels": 4, "embedding_dim": 4}  # fmt: skip
+    trial = TrialConfig.from_dict({"model": model, "train": {"epochs": 3, "batch_size": 4}})
+    resources = ResourcesConfig(num_workers=2, cpus_per_worker=0.4)
+    trainer = make_trainer(str(tiny_prepared), trial, resources, str(tmp_path), "killed")
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the test's thread below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    run, deadline = tmp_path / "killed", time.monotonic() + 420  # minutes on a loaded machine
+    pids: list[int] = []
+    gcs = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
+    while len(pids) < 2:  # the workers, found before epoch 1 ends so the kill is prompt
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        pids = [a.pid for a in list_actors(address=gcs, filters=alive) if a.pid]
+        time.sleep(0.5)
+    # Kill once the controller has registered epoch 1 (its snapshot names the checkpoint);
+    # the file alone appears earlier, and a kill then rightly restarts from scratch.
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    while not (snapshot.exists() and "epoch_0001" in snapshot.read_text()):
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.05)
+    os.kill(pids[-1], signal.SIGKILL)
+    done_at_kill = sorted(p.name for p in run.glob("epoch_*"))
+    epoch_one = load_checkpoint(run / "epoch_0001")["metrics"]
+    thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not thread.is_alive(), "fit did not finish after the kill"
+    if "error" in outcome:
+        raise outcome["error"]
+
+    assert "epoch_0003" not in done_at_kill  # the kill landed mid-run
+    result = outcome["result"]
+    assert result.metrics["epoch"] == 3
+    state = load_checkpoint(run / "epoch_0003")
+    assert [m["epoch"] for m in state["history"]] == [1, 2, 3]
+    # epoch 1 (its measured time included) comes from the checkpoint, not from a rerun
+    assert state["history"][0] == epoch_one
+    assert not psutil.pid_exists(pids[-1])
