@@ -207,6 +207,33 @@ def end_search_run(
     client.set_terminated(run_id, status)
 
 
+def log_search_details(
+    tracking: Tracking, run_id: str, params: Mapping[str, Any] = {}, files: Sequence[Path] = ()
+) -> None:
+    """Log the search run's settings as params (the same values again on ``--resume``) and
+    files (the space, plots, tables) as artifacts at the run's root."""
+    client = MlflowClient(tracking.uri)
+    log_params(client, run_id, params)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+
+
+def end_orphaned_trial_runs(
+    tracking: Tracking, parent_run_id: str, trial_ids: set[str], reason: str
+) -> int:
+    """End KILLED (``reason`` in the ``error`` tag) the trial runs of a search still RUNNING
+    whose trial the search does not know: trials started just before a crash that Tune never
+    saved. Call it when the search has ended; returns how many there were."""
+    client = MlflowClient(tracking.uri)
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([tracking.experiment_id], query, max_results=1000)
+    orphans = [r.info.run_id for r in runs if r.data.tags.get(TAG_TRIAL_ID) not in trial_ids]
+    for run_id in orphans:
+        client.set_tag(run_id, TAG_ERROR, reason[:ERROR_CHARS])
+        client.set_terminated(run_id, "KILLED")
+    return len(orphans)
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Log flat params (e.g. :meth:`SearchSpace.flat_params`), 100 per request."""
     items = [Param(k, str(v)) for k, v in params.items()]

@@ -289,10 +289,24 @@ def s3_uri():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One real local Ray for the whole session (2 CPUs, dashboard on: Train V2 needs it)."""
+    """One real local Ray for the whole session (2 CPUs, dashboard on: Train V2 needs it).
+
+    Its workers are told their dashboard's address, as ``mrnet_ray.search.init_ray`` does:
+    with other Ray instances on the machine, Ray Train's placement-group cleaner cannot find
+    it, and the CPUs of trials Tune stopped would stay reserved for the whole session.
+    """
+    import socket
+
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=1 << 30, ignore_reinit_error=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(
+        num_cpus=2, object_store_memory=1 << 30, ignore_reinit_error=True,
+        dashboard_port=port, runtime_env={"env_vars": dashboard},
+    )  # fmt: skip
     yield ray
     ray.shutdown()
 
