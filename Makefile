@@ -65,8 +65,12 @@ demo: install
 	@echo "== 1/4 prepare: demo corpus -> $(DATA)/demo (log-mel Parquet shards)"
 	$(PY) -m mrnet_ray.prepare --dataset demo --root $(DEMO_CORPUS) --out $(DATA)/demo
 	@echo "== 2/4 search: $(DEMO_TRIALS) trials of search_spaces/demo.yaml -> $(RUNS)"
-	if [ -f $(RUNS)/search.json ]; then
-	  echo "search already ran in $(RUNS) (make clean to start over)"
+	status=$$($(PY) -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" \
+	  $(RUNS)/search.json 2>/dev/null || echo none)
+	if [ "$$status" = FINISHED ]; then
+	  echo "search already finished in $(RUNS) (make clean to start over)"
+	elif [ "$$status" != none ]; then
+	  $(PY) -m mrnet_ray.tune --resume --run-dir $(RUNS)
 	else
 	  $(PY) -m mrnet_ray.tune --data $(DATA)/demo --space demo --num-samples $(DEMO_TRIALS) \
 	    --name demo --run-dir $(RUNS)
