@@ -88,5 +88,16 @@ demo: install
 	@echo "  model card:   $(RUNS)/best/MODEL_CARD.md"
 	@echo "  test metrics: $(RUNS)/best/metrics.json"
 
+# Speed and memory figures (not part of `make test`): model cost, prepare, training.
+bench: install
+	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_prepare.py
+	$(PY) benchmarks/bench_train.py
+
+bench-quick: install
+	$(PY) benchmarks/bench_model.py --quick
+	$(PY) benchmarks/bench_prepare.py --quick
+	$(PY) benchmarks/bench_train.py --quick
+
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
