@@ -72,11 +72,12 @@ def kept_checkpoints(train_run: str, workdir: Path) -> list[tuple[str, Path]]:
             continue
         if fs.get_file_info(f"{entry.path}/{STATE_FILE}").type != pafs.FileType.File:
             continue
-        where = f"{uri}/{entry.base_name}"
+        where = storage.join(uri, entry.base_name)  # a URI's ?query stays at the end
         if isinstance(fs, pafs.LocalFileSystem):
             found.append((where, Path(entry.path)))
         else:
             local = workdir / entry.base_name
+            local.mkdir(parents=True)  # copy_files does not create the top directory
             pafs.copy_files(entry.path, str(local), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
             found.append((where, local))

@@ -37,6 +37,19 @@ def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str
     return pafs.LocalFileSystem(), path, path
 
 
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI, keeping a URI's ``?query`` (pyarrow's
+    ``endpoint_override=...`` and the like) at the end.
+
+    >>> join("s3://bucket/runs?endpoint_override=h:9000", "demo", "train")
+    's3://bucket/runs/demo/train?endpoint_override=h:9000'
+    >>> join("/data/runs/", "demo")
+    '/data/runs/demo'
+    """
+    path, sep, query = base.partition("?")
+    return "/".join([path.rstrip("/"), *parts]) + sep + query
+
+
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
     """Parsed JSON at ``path``, or None if there is no such file or it does not parse."""
     if fs.get_file_info(path).type != pafs.FileType.File:

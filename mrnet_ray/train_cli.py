@@ -28,6 +28,7 @@ from mrnet_ray.checkpoint import load_checkpoint
 from mrnet_ray.config import ResourcesConfig, TrialConfig
 from mrnet_ray.data import Prepared, open_prepared
 from mrnet_ray.errors import UserError, cli
+from mrnet_ray.storage import join as storage_join
 from mrnet_ray.train import absolute_storage, check_same_model, fit_to_data, make_trainer
 
 
@@ -102,7 +103,7 @@ def default_name(trial: TrialConfig, prepared: Prepared) -> str:
 def _latest_state(storage: str, name: str) -> dict[str, Any] | None:
     """The latest checkpoint of run ``name`` under ``storage``, if that run has one."""
     try:
-        result = ray.train.Result.from_path(f"{absolute_storage(storage).rstrip('/')}/{name}")
+        result = ray.train.Result.from_path(storage_join(absolute_storage(storage), name))
     except RuntimeError:  # no such run yet
         return None
     if result.checkpoint is None:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     previous = _latest_state(args.storage, name)
     if previous is not None:
-        check_same_model(previous, fit_to_data(trial, prepared), f"{args.storage}/{name}")
+        check_same_model(previous, fit_to_data(trial, prepared), storage_join(args.storage, name))
         if previous["epoch"] >= trial.train.epochs:
             print(f"run {name} already has {previous['epoch']} epochs; ask for more with --epochs")
             print(f"last (epoch {previous['epoch']}): {_summary(previous['metrics'])}")
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         result.best_checkpoints or [(result.checkpoint, result.metrics)],
         key=lambda pair: (pair[1]["valid_track_acc"], -pair[1]["valid_loss"]),  # ties: lower loss
     )
-    print(f"run {name} in {result.path}")
+    run = storage_join(absolute_storage(args.storage), name)  # result.path drops s3:// etc.
+    print(f"run {name} in {run}")
     print(f"last (epoch {result.metrics['epoch']}): {_summary(result.metrics)}")
     print(f"best (epoch {best_metrics['epoch']}): {_summary(best_metrics)}")
-    print(f"best checkpoint: {best.path}")
+    print(f"best checkpoint: {storage_join(run, Path(best.path).name)}")
