@@ -670,12 +670,19 @@ def _global_uri(uri: str) -> Iterator[None]:
     does the sqlite registry when it resolves a ``models:/m-...`` source (MLflow 3.17)."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; restoring through it would leave the
+    # resolved default (sqlite:///mlflow.db in the cwd) in the environment for later searches.
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            mlflow.set_tracking_uri(None)
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(previous_env)
 
 
 def register_version(

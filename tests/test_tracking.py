@@ -261,3 +261,16 @@ def test_server_outage_mid_search_is_buffered(tmp_path, ray_session, monkeypatch
         assert not (tmp_path / "run" / "mlartifacts").exists()
     finally:
         stop_server(server)
+
+
+def test_registry_calls_leave_no_tracking_uri_behind(tmp_path, monkeypatch):
+    """Export points MLflow's global URI at the search's store for a while; later searches in
+    the same process must still resolve their own store (a leak once sent them to ./mlflow.db)."""
+    from mrnet_ray.tracking import _global_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/a.db"
+    with _global_uri(uri):
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert resolve_tracking_uri(None, tmp_path / "run") == f"sqlite:///{tmp_path}/run/mlflow.db"
