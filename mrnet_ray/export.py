@@ -266,9 +266,8 @@ def export_winner(
     uri: str | None,
 ) -> Path:
     """Export ``winner`` to ``out`` and, with a store ``uri``, register it; prints each step."""
-    from mrnet_ray.search import join  # heavy (Ray Tune, Optuna): only when exporting
 
-    train_run = join(search["train_storage"], winner.trial_id)
+    train_run = storage.join(search["train_storage"], winner.trial_id)
     with tempfile.TemporaryDirectory() as tmp:
         where, local, state = best_checkpoint(train_run, metric, Path(tmp))
         model, trial, feature, labels = model_from_checkpoint(local)

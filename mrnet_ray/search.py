@@ -13,8 +13,6 @@ worker restarts are off inside a search, so a deterministic error (a diverged lo
 most ``max_failures`` re-runs of one epoch; node preemptions are still retried by Ray Train
 without limit.
 
->>> join("s3://bucket/runs?endpoint_override=h:9000", "demo", "train")
-'s3://bucket/runs/demo/train?endpoint_override=h:9000'
 >>> trial_needs(ResourcesConfig(num_workers=2, cpus_per_worker=0.4), trial_cpus=0.2)
 {'CPU': 1.0, 'GPU': 0.0}
 >>> default_concurrency({"CPU": 1.0, "GPU": 0.0}, {"CPU": 8.0})
@@ -44,6 +42,7 @@ from mrnet_ray.config import ResourcesConfig, TrainConfig
 from mrnet_ray.errors import UserError
 from mrnet_ray.search_space import SearchSpace
 from mrnet_ray.space_file import Fixed, values
+from mrnet_ray.storage import join
 from mrnet_ray.train import make_trainer
 
 METRIC = "valid_track_acc"
@@ -60,12 +59,6 @@ and trials whose workers hold every CPU would wait on them forever."""
 
 Scheduler = Literal["asha", "fifo"]
 Sampler = Literal["tpe", "random"]
-
-
-def join(base: str, *parts: str) -> str:
-    """``base/part/...`` for a local path or a URI, keeping a URI's ``?query`` at the end."""
-    path, sep, query = base.partition("?")
-    return "/".join([path.rstrip("/"), *parts]) + sep + query
 
 
 @dataclass(frozen=True)

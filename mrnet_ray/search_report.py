@@ -28,7 +28,8 @@ from ray.tune import ExperimentAnalysis
 import mrnet_ray
 from mrnet_ray import tracking
 from mrnet_ray.config import TrialConfig
-from mrnet_ray.search import MODES, SearchSettings, join, journal_storage
+from mrnet_ray.search import MODES, SearchSettings, journal_storage
+from mrnet_ray.storage import join
 
 METRIC = "valid_track_acc"
 RECORD = "search.json"
