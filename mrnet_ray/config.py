@@ -342,6 +342,31 @@ class ResourcesConfig(_Config):
         """One GPU and 4 CPUs per worker: the cluster default."""
         return cls(num_workers=num_workers, cpus_per_worker=4.0, gpus_per_worker=1.0)
 
+    @classmethod
+    def from_flags(
+        cls,
+        num_workers: int | None = None,
+        cpus_per_worker: float | None = None,
+        gpus_per_worker: float | None = None,
+        *,
+        gpu: bool = False,
+    ) -> ResourcesConfig:
+        """The CLIs' resource flags over the right defaults: ``gpu()`` when GPUs are asked for
+        (``gpu`` or ``gpus_per_worker > 0``), else the small-machine ones; None keeps a default.
+
+        >>> ResourcesConfig.from_flags(gpus_per_worker=1).cpus_per_worker
+        4.0
+        >>> ResourcesConfig.from_flags(num_workers=1).cpus_per_worker
+        0.4
+        """
+        base = cls.gpu(num_workers or 1) if gpu or (gpus_per_worker or 0) > 0 else cls()
+        flags = {
+            "num_workers": num_workers,
+            "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": gpus_per_worker,
+        }
+        return base.replace(**{k: v for k, v in flags.items() if v is not None})
+
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0

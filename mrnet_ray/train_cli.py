@@ -113,14 +113,10 @@ def _latest_state(storage: str, name: str) -> dict[str, Any] | None:
 
 
 def _resources(args: argparse.Namespace) -> ResourcesConfig:
-    base = ResourcesConfig.gpu(args.workers or 1) if args.gpu else ResourcesConfig()
-    flags = {
-        "num_workers": args.workers,
-        "cpus_per_worker": args.cpus_per_worker,
-        "gpus_per_worker": args.gpus_per_worker,
-    }
     try:
-        return base.replace(**{k: v for k, v in flags.items() if v is not None})
+        return ResourcesConfig.from_flags(
+            args.workers, args.cpus_per_worker, args.gpus_per_worker, gpu=args.gpu
+        )
     except ValueError as e:
         raise UserError(f"resources: {e}") from None
 

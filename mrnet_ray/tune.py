@@ -81,15 +81,8 @@ def default_name(space: Path, prepared: Prepared) -> str:
 
 
 def _resources(args: argparse.Namespace) -> ResourcesConfig:
-    gpus = args.gpus_per_worker or 0
-    base = ResourcesConfig.gpu(args.workers or 1) if gpus > 0 else ResourcesConfig()
-    flags = {
-        "num_workers": args.workers,
-        "cpus_per_worker": args.cpus_per_worker,
-        "gpus_per_worker": args.gpus_per_worker,
-    }
     try:
-        return base.replace(**{k: v for k, v in flags.items() if v is not None})
+        return ResourcesConfig.from_flags(args.workers, args.cpus_per_worker, args.gpus_per_worker)
     except ValueError as e:
         raise UserError(f"resources: {e}") from None
 
