@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrnet_ray.datasets import Listing, Skipped, SplitOptions, Track, require_dir
-from mrnet_ray.datasets.splits import kfold_split, random_split
+from mrnet_ray.datasets.splits import seeded_split
 from mrnet_ray.errors import UserError
 
 SUBSETS = ("small", "medium", "large")
@@ -91,10 +91,8 @@ def list_tracks(root: Path, opts: SplitOptions) -> Listing:
     labels = [genre for _, _, genre, _ in found]
     if mode == "official":
         splits = [split for *_, split in found]
-    elif mode == "kfold":
-        splits = kfold_split(labels, opts.n_folds, opts.fold, opts.seed)
     else:
-        splits = random_split(labels, opts.valid_fraction, opts.test_fraction, opts.seed)
+        splits = seeded_split(labels, opts, mode)
     tracks = tuple(
         Track(f"{tid:06d}", str(path), genre, split)
         for (tid, path, genre, _), split in zip(found, splits, strict=True)

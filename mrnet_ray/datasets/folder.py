@@ -24,7 +24,7 @@ from mrnet_ray.datasets import (
     describe,
     require_dir,
 )
-from mrnet_ray.datasets.splits import kfold_split, random_split
+from mrnet_ray.datasets.splits import seeded_split
 from mrnet_ray.errors import UserError
 
 LAYOUT = "ROOT/<label>/*.wav|flac|mp3|ogg (one folder per class)"
@@ -99,10 +99,8 @@ def list_tracks(root: Path, opts: SplitOptions) -> Listing:
     if mode == "file":
         assignment = _read_split_file(Path(opts.split_file or ""), root)
         splits = [assignment.get(str(f)) for f, _ in found]
-    elif mode == "kfold":
-        splits = kfold_split(labels, opts.n_folds, opts.fold, opts.seed, groups)
     else:
-        splits = random_split(labels, opts.valid_fraction, opts.test_fraction, opts.seed, groups)
+        splits = seeded_split(labels, opts, mode, groups)
 
     tracks = []
     for (f, label), split, group in zip(found, splits, groups, strict=True):

@@ -18,7 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from mrnet_ray.datasets import SPLITS, Listing, Skipped, SplitOptions, Track, describe, require_dir
-from mrnet_ray.datasets.splits import kfold_split, random_split
+from mrnet_ray.datasets.splits import seeded_split
 from mrnet_ray.errors import UserError
 
 GENRES = (
@@ -93,10 +93,8 @@ def list_tracks(root: Path, opts: SplitOptions) -> Listing:
             for key in sorted(lists)
             if key.split("/")[0] in present and key not in on_disk
         ]
-    elif mode == "kfold":
-        splits = list(kfold_split(labels, opts.n_folds, opts.fold, opts.seed))
     else:
-        splits = list(random_split(labels, opts.valid_fraction, opts.test_fraction, opts.seed))
+        splits = seeded_split(labels, opts, mode)
 
     tracks = []
     for (key, path), label, split in zip(found, labels, splits, strict=True):

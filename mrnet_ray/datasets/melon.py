@@ -22,7 +22,7 @@ import numpy as np
 
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.datasets import Listing, Skipped, SplitOptions, Track, require_dir
-from mrnet_ray.datasets.splits import kfold_split, random_split
+from mrnet_ray.datasets.splits import seeded_split
 from mrnet_ray.errors import UserError
 from mrnet_ray.features import AudioError, segment
 
@@ -85,10 +85,7 @@ def list_tracks(root: Path, opts: SplitOptions) -> Listing:
         raise UserError(f"--root {root}: no single-major-genre song has a mel array")
 
     labels = [label for *_, label in found]
-    if mode == "kfold":
-        splits = kfold_split(labels, opts.n_folds, opts.fold, opts.seed)
-    else:
-        splits = random_split(labels, opts.valid_fraction, opts.test_fraction, opts.seed)
+    splits = seeded_split(labels, opts, mode)
     tracks = tuple(
         Track(str(sid), str(path), label, split)
         for (sid, path, label), split in zip(found, splits, strict=True)

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mrnet_ray.datasets import SplitOptions
 
 
 def _groups_by_class(
@@ -101,3 +105,12 @@ def kfold_split(
                 out[i] = split
             position += 1
     return out
+
+
+def seeded_split(
+    labels: Sequence[str], opts: SplitOptions, mode: str, groups: Sequence[str] | None = None
+) -> list[str]:
+    """The adapters' seeded split for a resolved ``mode``: ``kfold``, else stratified random."""
+    if mode == "kfold":
+        return list(kfold_split(labels, opts.n_folds, opts.fold, opts.seed, groups))
+    return list(random_split(labels, opts.valid_fraction, opts.test_fraction, opts.seed, groups))
