@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 sysdeps:
-	missing=""
+	@missing=""
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done
 	if [ -z "$$missing" ]; then exit 0; fi
 	if [ "$$(id -u)" = 0 ]; then
@@ -76,7 +76,11 @@ demo: install
 	    --name demo --run-dir $(RUNS)
 	fi
 	@echo "== 3/4 export: the best trial, evaluated once on the test split"
-	$(PY) -m mrnet_ray.best --run-dir $(RUNS) --export $(RUNS)/best
+	if [ -f $(RUNS)/best/metrics.json ] && [ $(RUNS)/best/metrics.json -nt $(RUNS)/search.json ]; then
+	  echo "$(RUNS)/best already holds the search's best model (delete it to export again)"
+	else
+	  $(PY) -m mrnet_ray.best --run-dir $(RUNS) --export $(RUNS)/best
+	fi
 	@echo "== 4/4 predict: a few test clips with the exported model"
 	clips=$$(awk -F, '{sub(/\r$$/, "")} $$2 == "test" {print "$(DEMO_CORPUS)/" $$1}' \
 	  $(DEMO_CORPUS)/split.csv | awk 'NR % 30 == 1' | head -4)
@@ -87,6 +91,9 @@ demo: install
 	@echo "  bundle:       $(RUNS)/best"
 	@echo "  model card:   $(RUNS)/best/MODEL_CARD.md"
 	@echo "  test metrics: $(RUNS)/best/metrics.json"
+	@$(PY) -c "import json,sys; m = json.load(open(sys.argv[1]))['test']; print( \
+	  '  test accuracy: %.3f per track (%d tracks), %.3f per 3 s segment; chance 0.125' \
+	  % (m['test_track_acc'], m['tracks'], m['test_acc']))" $(RUNS)/best/metrics.json
 
 # Speed and memory figures (not part of `make test`): model cost, prepare, training.
 bench: install

@@ -8,11 +8,13 @@ torch threads. Segments have the default ``FeatureConfig``'s shape (128 mel band
 
     python benchmarks/bench_model.py            # 5 timed steps per model
     python benchmarks/bench_model.py --quick    # 2 timed steps per model
+    python benchmarks/bench_model.py --json OUT # also write the figures as JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 timed steps instead of 5")
     parser.add_argument("--batch", type=int, default=16, help="segments per step (16)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (2)")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     feature = FeatureConfig()
@@ -57,6 +60,7 @@ def main() -> None:
     )
     print("| model | size | C | params | GFLOPs / segment | fwd+bwd ms / batch | samples / s |")
     print("|---|---|---:|---:|---:|---:|---:|")
+    rows = []
     for size, base in SIZES.items():
         for arch in ARCHS:
             cfg = base.replace(arch=arch, n_mels=feature.n_mels)
@@ -66,6 +70,15 @@ def main() -> None:
                 f"| {arch} | {size} | {cfg.channels} | {cost.params / 1e6:.2f} M "
                 f"| {cost.flops / 1e9:.2f} | {seconds * 1e3:.0f} | {args.batch / seconds:.1f} |"
             )
+            rows.append({
+                "model": arch, "size": size, "channels": cfg.channels, "params": cost.params,
+                "gflops_per_segment": round(cost.flops / 1e9, 3),
+                "step_ms": round(seconds * 1e3, 1), "samples_per_s": round(args.batch / seconds, 2),
+            })  # fmt: skip
+    if args.json:
+        result = {"batch": args.batch, "threads": args.threads, "frames": frames, "rows": rows}
+        with open(args.json, "w") as out:
+            json.dump(result, out, indent=1)
 
 
 if __name__ == "__main__":

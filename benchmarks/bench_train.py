@@ -8,10 +8,15 @@ bands x 129 frames), then measures with the demo-size model (C=64) and the same 
   epochs after the first); target: 1 worker >= 0.9 x bare;
 - rows/s of a worker iterating its shard with ``iter_torch_batches`` and no training (with
   and without the local shuffle buffer); target: >= 5 x the training rate;
-- seconds from launch (before ``make_trainer``) to the first optimizer step on a worker.
+- seconds from launch (before ``make_trainer``) to the first optimizer step on a worker, and
+  the per-trial overhead: the share of ``fit``'s wall time outside the epochs (worker start,
+  data set-up, checkpoints, shutdown) at this demo scale;
+- peak RSS of one training worker with the default config (the full-size MRNet, C=512,
+  batch 32): ``ru_maxrss`` of the worker process after a few steps and an evaluation.
 
     python benchmarks/bench_train.py            # 640 training segments, 3 epochs
     python benchmarks/bench_train.py --quick    # 320 segments, 2 epochs
+    python benchmarks/bench_train.py --json OUT # also write the figures as JSON
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -33,7 +39,7 @@ import torch
 from mrnet_ray.checkpoint import load_checkpoint
 from mrnet_ray.config import FeatureConfig, MRNetConfig, ResourcesConfig, TrainConfig, TrialConfig
 from mrnet_ray.data import open_prepared
-from mrnet_ray.engine import make_optimizer, make_scheduler, train_epoch
+from mrnet_ray.engine import evaluate, make_optimizer, make_scheduler, train_epoch
 from mrnet_ray.model import build_model
 from mrnet_ray.train import fit_to_data, make_trainer, train_batches
 
@@ -97,13 +103,15 @@ def bare_rate(prepared_dir: Path, trial: TrialConfig, threads: int) -> float:
     return statistics.median(rates[1:])
 
 
-def ray_rate(prepared_dir, trial, resources, storage, name) -> tuple[float, float]:
-    """(median samples/s of epochs after the first, wall seconds of fit)."""
+def ray_rate(prepared_dir, trial, resources, storage, name) -> tuple[float, float, float]:
+    """(median samples/s of epochs after the first, wall seconds of fit, the share of that
+    wall time spent outside the epochs)."""
     start = time.perf_counter()
     result = make_trainer(str(prepared_dir), trial, resources, storage, name).fit()
     wall = time.perf_counter() - start
     history = load_checkpoint(result.checkpoint.path)["history"]
-    return statistics.median(m["samples_per_s"] for m in history[1:]), wall
+    overhead = 1 - sum(m["epoch_time_s"] for m in history) / wall
+    return statistics.median(m["samples_per_s"] for m in history[1:]), wall, overhead
 
 
 def probe_loop(config: dict) -> None:
@@ -133,14 +141,42 @@ def probe_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def probe(prepared_dir, trial, resources, storage) -> dict:
+def memory_loop(config: dict) -> None:
+    """Worker: RSS after set-up, then peak RSS over a few training steps and an evaluation."""
+    trial = TrialConfig.from_dict(config["trial"])
+    torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
+    rank = ray.train.get_context().get_world_rank()
+    model = ray.train.torch.prepare_model(build_model(trial.model))
+    optimizer = make_optimizer(model, trial.train)
+    scheduler = make_scheduler(optimizer, trial.train, config["steps_per_epoch"])
+    shard = ray.train.get_dataset_shard("train")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stream = iter(train_batches(shard, config, 1, rank))
+    batches = [next(stream) for _ in range(config["memory_steps"])]
+    for _ in stream:  # finish the epoch: a streaming split wants whole epochs
+        pass
+    device = ray.train.torch.get_device()
+    train_epoch(model, batches, optimizer, scheduler, trial.train, device,
+                n_classes=trial.model.n_classes)  # fmt: skip
+    evaluate(model, batches, trial.model.n_classes, device)
+    metrics = {
+        "rss_after_setup_mb": before,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "memory.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def probe(prepared_dir, trial, resources, storage, loop=probe_loop, **extra) -> dict:
+    """Run ``loop`` on one worker with the trainer ``make_trainer`` would build for ``trial``."""
     launched = time.time()
-    base = make_trainer(str(prepared_dir), trial, resources, storage, "probe")
+    base = make_trainer(str(prepared_dir), trial, resources, storage, loop.__name__)
     trainer = ray.train.torch.TorchTrainer(
-        probe_loop,
-        train_loop_config={**base.train_loop_config, "launched": launched},
+        loop,
+        train_loop_config={**base.train_loop_config, "launched": launched, **extra},
         scaling_config=base.scaling_config,
-        run_config=ray.train.RunConfig(name="probe", storage_path=storage),
+        run_config=ray.train.RunConfig(name=loop.__name__, storage_path=storage),
         datasets=base.datasets,
         dataset_config=base.data_config,
     )
@@ -151,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="320 segments, 2 epochs")
     parser.add_argument("--batch", type=int, default=16, help="segments per step (16)")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # a cluster given by RAY_ADDRESS, else a local Ray limited to 2 CPUs (this machine's size)
@@ -171,9 +208,11 @@ def main() -> None:
         one = ResourcesConfig(num_workers=1, cpus_per_worker=1.0)
         two = ResourcesConfig(num_workers=2, cpus_per_worker=0.4)
         bare = bare_rate(prepared_dir, trial, one.threads)
-        ray_one, wall_one = ray_rate(prepared_dir, trial, one, storage, "one")
-        ray_two, wall_two = ray_rate(prepared_dir, trial, two, storage, "two")
+        ray_one, wall_one, overhead = ray_rate(prepared_dir, trial, one, storage, "one")
+        ray_two, wall_two, _ = ray_rate(prepared_dir, trial, two, storage, "two")
         probed = probe(prepared_dir, trial, one, storage)
+        default = fit_to_data(TrialConfig(), open_prepared(prepared_dir))
+        memory = probe(prepared_dir, default, one, storage, memory_loop, memory_steps=3)
 
     step_rate = ray_one / args.batch
     print(
@@ -195,6 +234,33 @@ def main() -> None:
             f"(x{rows / args.batch / step_rate:.0f} the step rate) | >= 5x |"
         )
     print(f"| launch to first step, 1 worker, s | {probed['first_step_s']:.1f} | |")
+    print(f"| per-trial overhead, share of fit wall time | {overhead:.0%} | |")
+    print(
+        f"| worker RSS, default config (C=512, batch 32): after set-up / peak, MB "
+        f"| {memory['rss_after_setup_mb']:.0f} / {memory['peak_rss_mb']:.0f} | |"
+    )
+    if args.json:
+        results = {
+            "segments": train, "epochs": epochs, "batch": args.batch,
+            "threads_per_worker": one.threads, "bare_samples_per_s": round(bare, 1),
+            "ray_1_worker_samples_per_s": round(ray_one, 1),
+            "ray_2_workers_samples_per_s": round(ray_two, 1),
+            "ratio_ray_over_bare": round(ray_one / bare, 3),
+            "fit_wall_s": {"1": round(wall_one, 1), "2": round(wall_two, 1)},
+            "data_batches_per_s": {
+                k: round(probed[k] / args.batch, 1) for k in ("shuffled", "plain")
+            },
+            "data_over_step_rate": {
+                k: round(probed[k] / args.batch / step_rate, 1) for k in ("shuffled", "plain")
+            },
+            "launch_to_first_step_s": round(probed["first_step_s"], 1),
+            "trial_overhead_share": round(overhead, 3),
+            "worker_rss_mb": {
+                "after_setup": round(memory["rss_after_setup_mb"]),
+                "peak": round(memory["peak_rss_mb"]),
+            },
+        }  # fmt: skip
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
