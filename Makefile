@@ -95,16 +95,14 @@ demo: install
 	  '  test accuracy: %.3f per track (%d tracks), %.3f per 3 s segment; chance 0.125' \
 	  % (m['test_track_acc'], m['tracks'], m['test_acc']))" $(RUNS)/best/metrics.json
 
-# Speed and memory figures (not part of `make test`): model cost, prepare, training.
+# Speed, memory and quality figures (not part of `make test`) -> benchmarks/RESULTS.md + plots.
+# Search and quality read the prepared demo corpus (prepared first if missing).
 bench: install
-	$(PY) benchmarks/bench_model.py
-	$(PY) benchmarks/bench_prepare.py
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/run.py --data $(DATA)/demo
 
+# The same, smaller (under 5 minutes) -> benchmarks/quick/RESULTS.md
 bench-quick: install
-	$(PY) benchmarks/bench_model.py --quick
-	$(PY) benchmarks/bench_prepare.py --quick
-	$(PY) benchmarks/bench_train.py --quick
+	$(PY) benchmarks/run.py --quick --data $(DATA)/demo
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

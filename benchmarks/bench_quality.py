@@ -27,7 +27,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +197,17 @@ def main() -> None:
     start = time.perf_counter()
     jobs = [(data, arch, seed, epochs) for seed in range(seeds) for arch in ARCHS]
     context = multiprocessing.get_context("spawn")
+    runs = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        runs = list(pool.map(train_one, *zip(*jobs, strict=True)))
-    for run in runs:
-        print(f"  {run['arch']:>10} seed {run['seed']}: test track acc {run['test_track_acc']:.3f}")
+        for done in as_completed([pool.submit(train_one, *job) for job in jobs]):
+            runs.append(done.result())
+            r = runs[-1]
+            print(
+                f"  [{len(runs)}/{len(jobs)}] {r['arch']:>10} seed {r['seed']}: test track acc "
+                f"{r['test_track_acc']:.3f} ({r['train_s_per_epoch']:.1f} s/epoch)",
+                flush=True,
+            )
+    runs.sort(key=lambda r: (ARCHS.index(r["arch"]), r["seed"]))
     results = {
         "epochs": epochs,
         "seeds": seeds,
