@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import get_args
 
@@ -83,6 +83,18 @@ def _write_split(rows: list[dict], staging: str, fs: pafs.FileSystem, fn_kwargs:
         ray_remote_args={"num_cpus": CPUS_PER_TASK},
         use_dictionary=list(SCALAR_COLUMNS),
         write_statistics=list(SCALAR_COLUMNS),
+    )
+
+
+def _nothing_prepared(root: Path, listing: Listing, failed: dict[int, str]) -> UserError:
+    """No track gave a single segment (every file undecodable, empty or too short): an empty
+    prepared directory would only fail later, at training, for a reason it no longer names."""
+    reasons = Counter(" ".join(r.split()) for r in failed.values())
+    top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(2)) or "no segments"
+    example = listing.tracks[min(failed) if failed else 0].path
+    return UserError(
+        f"--root {root}: none of its {len(listing.tracks)} tracks gave a segment ({top}; e.g. "
+        f"{example}); no prepared data was written; replace the damaged files or check --root"
     )
 
 
@@ -152,6 +164,8 @@ def prepare(
             for rows in rows_by_split.values():
                 _write_split(rows, staging, target.fs, fn_kwargs)
             segments, failed = ray.get(ledger.result.remote())
+            if not any(segments.values()):
+                raise _nothing_prepared(root, listing, failed)
             record = manifest.build(dataset, root, feature, listing, digest, segments, failed)
             target.write_manifest(staging, record)
     finally:
