@@ -1,5 +1,6 @@
 """The search driver, for real: Ray Tune trials of Ray Train runs on prepared data, Optuna in a
-journal file, MLflow in a sqlite store; interrupted with SIGINT and resumed in a subprocess."""
+journal file, MLflow in a sqlite store; interrupted (SIGINT) or killed (SIGKILL) and resumed
+in a subprocess."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import mrnet_ray
 from mrnet_ray import search
 from mrnet_ray import tune as tune_cli
 from mrnet_ray.config import ResourcesConfig
-from mrnet_ray.search import SearchSettings
+from mrnet_ray.search import METRIC, SearchSettings
 from mrnet_ray.tracking import (
     TAG_ERROR,
     TAG_PARENT,
@@ -386,3 +387,101 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
     artifacts = {a.path for a in client.list_artifacts(record["parent_run_id"])}
     assert {"pareto.csv", "pareto.png", "trials.csv"} <= artifacts
     assert not math.isnan(record["best"]["valid_track_acc"])
+
+
+@pytest.mark.slow
+def test_killed_search_driver_resumes_without_losing_or_repeating_trials(
+    tiny_prepared, ray_session, tmp_path
+):
+    """SIGKILL, unlike SIGINT, lets the driver close nothing: search.json, the search run and
+    the killed trial's run stay RUNNING, the Optuna trial stays asked, and Tune's experiment
+    state may be a snapshot older than MLflow and the journal (Tune saves it every 10 s or
+    so). ``--resume`` must still finish the search with one run and one Optuna trial per
+    Tune trial, without training again what was already trained."""
+    run_dir = tmp_path / "run"
+    space = write_space(tmp_path, "{float: [1.0e-3, 1.0e-2], log: true}")
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,  # the session's cluster
+        "PYTHONUNBUFFERED": "1",
+    }
+    start = [sys.executable, "-m", "mrnet_ray.tune"]
+    argv = [
+        "--data", str(tiny_prepared), "--space", str(space), "--num-samples", "3",
+        "--scheduler", "fifo", "--run-dir", str(run_dir), *SMALL,
+    ]  # fmt: skip
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen([*start, *argv], cwd=tmp_path, env=env, stdout=log, stderr=log)
+        try:
+            training, deadline = None, time.monotonic() + 600
+            while training is None and time.monotonic() < deadline and first.poll() is None:
+                time.sleep(1)
+                runs = trial_runs(run_dir) if (run_dir / "search.json").is_file() else []
+                if any(r.status == "FINISHED" for r in runs):  # then one mid-training: epoch 1
+                    # reported (and checkpointed), epoch 2 under way
+                    running = [r for r in runs if r.status == "RUNNING" and METRIC in r.metrics]
+                    training = running[0] if running else None
+            tail = (tmp_path / "first.log").read_text()[-3000:]
+            assert training is not None and first.poll() is None, tail
+            first.kill()
+            assert first.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(timeout=60)
+    record = json.loads((run_dir / "search.json").read_text())
+    client = MlflowClient(record["tracking_uri"])
+    assert record["status"] == "RUNNING"  # nothing was closed on the way out
+    assert client.get_run(record["parent_run_id"]).info.status == "RUNNING"
+    before = {r.trial_id: r for r in trial_runs(run_dir)}
+    done_before = {t: r for t, r in before.items() if r.status == "FINISHED"}
+    assert done_before and before[training.trial_id].status == "RUNNING"
+
+    second = subprocess.run(
+        [*start, "--resume", "--run-dir", str(run_dir)], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "3 completed" in second.stdout
+
+    record = json.loads((run_dir / "search.json").read_text())
+    assert record["status"] == "FINISHED"
+    assert record["trials"] == {"completed": 3, "early-stopped": 0, "failed": 0, "unfinished": 0}
+    assert client.get_run(record["parent_run_id"]).info.status == "FINISHED"
+    analysis = ExperimentAnalysis(record["experiment_path"])
+    trial_ids = {t.trial_id for t in analysis.trials}
+    assert len(trial_ids) == 3 and {t.status for t in analysis.trials} == {"TERMINATED"}
+
+    runs = trial_runs(run_dir)
+    assert not [r for r in runs if r.status == "RUNNING"]
+    ours = {r.trial_id: r for r in runs if r.trial_id in trial_ids}
+    assert len(ours) == len([r for r in runs if r.trial_id in trial_ids]) == 3  # one run each
+    assert all(r.status == "FINISHED" for r in ours.values())
+    for run in runs:  # a trial started after Tune's last snapshot is unknown to the Tuner
+        if run.trial_id not in trial_ids:  # restored: its run ends KILLED, saying why
+            assert run.status == "KILLED" and run.tags[TAG_ERROR] == tune_cli.ORPHAN_REASON
+    assert set(done_before) <= trial_ids  # nothing finished is lost...
+    for trial_id, run in ours.items():  # ...or trained again: every epoch logged once
+        history = client.get_metric_history(run.run_id, METRIC)
+        assert sorted(m.step for m in history) == [1, 2], (trial_id, history)
+        if trial_id in before:  # the same run, continued, with the same config
+            assert run.run_id == before[trial_id].run_id
+            assert run.params == before[trial_id].params
+    if training.trial_id in trial_ids:  # resumed from its epoch-1 checkpoint
+        (epoch_one,) = [
+            m for m in client.get_metric_history(training.run_id, METRIC) if m.step == 1
+        ]
+        assert epoch_one.value == training.metrics[METRIC]
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(record["journal"])
+    )
+    study = optuna.load_study(study_name=record["study_name"], storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 3  # none repeated
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    drawn = [(t.params["model.channels"], t.params["train.lr"]) for t in complete]
+    for run in ours.values():  # each trial's config is one complete Optuna trial's
+        channels, lr = int(run.params["model.channels"]), float(run.params["train.lr"])
+        assert [(c, x) for c, x in drawn if c == channels and math.isclose(x, lr)], run.params
