@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import socket
 import warnings
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.search_space import SearchSpace
 from mrnet_ray.space_file import Fixed, values
 from mrnet_ray.storage import join
-from mrnet_ray.train import make_trainer
+from mrnet_ray.train import make_trainer, quiet_ray_train_logs
 
 METRIC = "valid_track_acc"
 OBJECTIVES: dict[str, tuple[str, ...]] = {
@@ -141,8 +142,13 @@ def init_ray() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dashboard = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(dashboard_port=port, runtime_env={"env_vars": dashboard})
+    env = {
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+        # Ray Data's INFO lines (execution plans, per-epoch starts) from every trial's data
+        # split would bury the trial table; RAY_DATA_LOG_LEVEL=INFO brings them back.
+        "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"),
+    }
+    ray.init(dashboard_port=port, runtime_env={"env_vars": env})
 
 
 # ---- resources --------------------------------------------------------------------------------
@@ -235,6 +241,7 @@ class TrialJob:
 
 def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
     """Tune function trainable: train one drawn config with Ray Train, reporting every epoch."""
+    quiet_ray_train_logs()
     trial = job.space.to_trial(config, n_mels=job.n_mels, n_classes=job.n_classes)
     trainer = make_trainer(
         job.data,

@@ -15,6 +15,7 @@ The command line (``python -m mrnet_ray.train`` / ``mrnet-ray train``) is in
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -122,8 +123,15 @@ def train_batches(
     )
 
 
+def quiet_ray_train_logs() -> None:
+    """Ray Train logs every report and checkpoint at INFO from every worker; the epoch table
+    and MLflow already say it, so a worker keeps its warnings and errors only."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train ``config['trial']`` on this worker's shards; report every epoch."""
+    quiet_ray_train_logs()
     trial = TrialConfig.from_dict(config["trial"])
     cfg, n_classes = trial.train, trial.model.n_classes
     torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
