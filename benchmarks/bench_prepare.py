@@ -173,12 +173,16 @@ def timed_prepare(root: Path, out: Path, cfg: FeatureConfig) -> tuple[float, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="32 and 160 files, not 160 and 960")
+    parser.add_argument(
+        "--quick", action="store_true", help="32 and 160 files (not 160 and 960), one run each"
+    )
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray")
     parser.add_argument("--repeat", type=int, default=2, help="runs per figure (best is kept)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     unique, sizes = (8, (32, 160)) if args.quick else (40, (160, 960))
+    if args.quick:
+        args.repeat = 1
     cfg = FeatureConfig()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts its workers at nice 15 so its own daemons stay responsive; on a machine shared

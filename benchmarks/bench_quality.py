@@ -16,7 +16,8 @@ batch, one thread, median of 5). The anchor is non-neural: per-track mean and st
 deviation of each log-mel band over all its segments, standardised, then logistic regression,
 fitted on the train split and scored on the test split.
 
-    python benchmarks/bench_quality.py --data data/demo [--epochs 8] [--seeds 3] [--json OUT]
+    python benchmarks/bench_quality.py --data data/demo [--epochs 12] [--seeds 3] [--json OUT]
+    python benchmarks/bench_quality.py --data data/demo --archs mrnet ecapa --channels 64
     python benchmarks/bench_quality.py --data data/demo --quick     # 2 epochs, 1 seed
 """
 
@@ -45,16 +46,18 @@ ARCHS = ("mrnet", "ecapa", "shortchunk")
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
 
 
-def demo_trial(prepared_dir: str, arch: str, epochs: int) -> TrialConfig:
-    """The demo space's default point with ``arch`` and ``epochs``, sized to the data."""
+def demo_trial(
+    prepared_dir: str, arch: str, epochs: int, channels: int | None = None
+) -> TrialConfig:
+    """The demo space's default point with ``arch``, ``epochs`` (and ``channels``), sized to
+    the data."""
     prepared = open_prepared(prepared_dir)
     space = load_space(SPACE)
     trial = space.to_trial(
         space.default_point(), n_mels=prepared.feature.n_mels, n_classes=len(prepared.labels)
     )
-    trial = trial.replace(
-        model=trial.model.replace(arch=arch), train=trial.train.replace(epochs=epochs)
-    )
+    model = trial.model.replace(arch=arch, channels=channels or trial.model.channels)
+    trial = trial.replace(model=model, train=trial.train.replace(epochs=epochs))
     return fit_to_data(trial, prepared)
 
 
@@ -72,10 +75,10 @@ def batches(arrays: SplitArrays, size: int, order: np.ndarray | None = None) -> 
     return out
 
 
-def train_one(prepared_dir: str, arch: str, seed: int, epochs: int) -> dict:
+def train_one(prepared_dir: str, arch: str, seed: int, epochs: int, channels: int | None) -> dict:
     """Train one model from ``seed``; track accuracy on valid after each epoch and on test."""
     torch.set_num_threads(1)
-    trial = demo_trial(prepared_dir, arch, epochs)
+    trial = demo_trial(prepared_dir, arch, epochs, channels)
     prepared = open_prepared(prepared_dir)
     train, valid, test = (prepared.read_arrays(s) for s in ("train", "valid", "test"))
     cfg, n_classes = trial.train, trial.model.n_classes
@@ -151,14 +154,16 @@ def anchor(prepared_dir: str) -> dict:
     }
 
 
-def summarise(runs: list[dict], prepared_dir: str, epochs: int) -> dict:
+def summarise(
+    runs: list[dict], prepared_dir: str, epochs: int, archs: tuple[str, ...], channels: int | None
+) -> dict:
     """Per architecture: mean/std/min/max test accuracy, mean curve, cost figures."""
     feature = open_prepared(prepared_dir).feature
     out = {}
-    for arch in ARCHS:
+    for arch in archs:
         mine = [r for r in runs if r["arch"] == arch]
         accs = [r["test_track_acc"] for r in mine]
-        trial = demo_trial(prepared_dir, arch, epochs)
+        trial = demo_trial(prepared_dir, arch, epochs, channels)
         cost = model_cost(trial.model, feature.segment_frames)
         out[arch] = {
             "test_track_acc_mean": round(statistics.fmean(accs), 4),
@@ -180,7 +185,9 @@ def summarise(runs: list[dict], prepared_dir: str, epochs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/demo", help="prepared demo shards (data/demo)")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per model (8)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs per model (12)")
+    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    parser.add_argument("--channels", type=int, help="width C of every model (the space's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model (3)")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (2)")
@@ -190,12 +197,13 @@ def main() -> None:
     data = str(Path(args.data).resolve())
     prepared = open_prepared(data)
     counts = {s: prepared.manifest["counts"][s]["tracks"] for s in ("train", "valid", "test")}
-    trial = demo_trial(data, "mrnet", epochs)
+    archs = tuple(args.archs)
+    trial = demo_trial(data, "mrnet", epochs, args.channels)
     print(f"demo corpus {data}: {len(prepared.labels)} classes, tracks {counts}")
     print(f"recipe: {epochs} epochs, seeds 0..{seeds - 1}, {trial.model}\n")
 
     start = time.perf_counter()
-    jobs = [(data, arch, seed, epochs) for seed in range(seeds) for arch in ARCHS]
+    jobs = [(data, arch, seed, epochs, args.channels) for seed in range(seeds) for arch in archs]
     context = multiprocessing.get_context("spawn")
     runs = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
@@ -207,7 +215,7 @@ def main() -> None:
                 f"{r['test_track_acc']:.3f} ({r['train_s_per_epoch']:.1f} s/epoch)",
                 flush=True,
             )
-    runs.sort(key=lambda r: (ARCHS.index(r["arch"]), r["seed"]))
+    runs.sort(key=lambda r: (archs.index(r["arch"]), r["seed"]))
     results = {
         "epochs": epochs,
         "seeds": seeds,
@@ -216,7 +224,7 @@ def main() -> None:
         "model": trial.model.to_dict(),
         "train": trial.train.to_dict(),
         "runs": runs,
-        "models": summarise(runs, data, epochs),
+        "models": summarise(runs, data, epochs, archs, args.channels),
         "anchor": anchor(data),
         "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -13,8 +13,8 @@ TPE draws at random until it has ``n_startup_trials`` (10) results, so with fewe
 than that the two arms differ by the scheduler alone; the figures say what ASHA saves at
 equal trial counts, not how well TPE models the space.
 
-    python benchmarks/bench_search.py --data data/demo [--trials 8] [--json OUT]
-    python benchmarks/bench_search.py --data data/demo --quick   # 2 trials of 2 epochs per arm
+    python benchmarks/bench_search.py --data data/demo [--trials 6] [--json OUT]
+    python benchmarks/bench_search.py --data data/demo --quick   # 1 trial of 1 epoch per arm
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def best_so_far(trials: list[dict]) -> list[tuple[int, float]]:
 
 
 def quick_space(directory: Path) -> Path:
-    """The demo space with 2 epochs per trial (``--quick``)."""
+    """The demo space with 1 epoch per trial (``--quick``: a smoke run, no comparison)."""
     path = directory / "demo-quick.yaml"
-    text = re.sub(r"(?m)^  epochs: \d+$", "  epochs: 2", SPACE.read_text())
+    text = re.sub(r"(?m)^  epochs: \d+$", "  epochs: 1", SPACE.read_text())
     path.write_text(text)
     return path
 
@@ -92,12 +92,12 @@ def quick_space(directory: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/demo", help="prepared demo shards (data/demo)")
-    parser.add_argument("--trials", type=int, default=8, help="trials per search (8)")
-    parser.add_argument("--quick", action="store_true", help="2 trials of 2 epochs per arm")
+    parser.add_argument("--trials", type=int, default=6, help="trials per search (6)")
+    parser.add_argument("--quick", action="store_true", help="1 trial of 1 epoch per arm")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     data = str(Path(args.data).resolve())
-    trials = 2 if args.quick else args.trials
+    trials = 1 if args.quick else args.trials
     results: dict = {"trials": trials, "arms": {}}
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
         space = quick_space(Path(tmp)) if args.quick else SPACE

@@ -44,7 +44,7 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.search_space import SearchSpace
 from mrnet_ray.space_file import Fixed, values
 from mrnet_ray.storage import join
-from mrnet_ray.train import make_trainer, quiet_ray_train_logs
+from mrnet_ray.train import make_trainer
 
 METRIC = "valid_track_acc"
 OBJECTIVES: dict[str, tuple[str, ...]] = {
@@ -241,7 +241,6 @@ class TrialJob:
 
 def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
     """Tune function trainable: train one drawn config with Ray Train, reporting every epoch."""
-    quiet_ray_train_logs()
     trial = job.space.to_trial(config, n_mels=job.n_mels, n_classes=job.n_classes)
     trainer = make_trainer(
         job.data,

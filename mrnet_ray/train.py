@@ -123,15 +123,12 @@ def train_batches(
     )
 
 
-def quiet_ray_train_logs() -> None:
-    """Ray Train logs every report and checkpoint at INFO from every worker; the epoch table
-    and MLflow already say it, so a worker keeps its warnings and errors only."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train ``config['trial']`` on this worker's shards; report every epoch."""
-    quiet_ray_train_logs()
+    # Ray Train logs "Reporting training result ..." for every report of every worker through a
+    # logger named after its file, which its LoggingConfig does not reach; it propagates to the
+    # root logger, which Ray Train sets to INFO on workers. The epoch lines already say it all.
+    logging.getLogger().setLevel(logging.WARNING)
     trial = TrialConfig.from_dict(config["trial"])
     cfg, n_classes = trial.train, trial.model.n_classes
     torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
@@ -318,6 +315,9 @@ def make_trainer(
             storage_path=absolute_storage(storage_path),
             callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # Ray Train logs every report and checkpoint at INFO from every worker; the epoch
+            # lines and MLflow already say it. Its own log files keep every level.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute="valid_track_acc",

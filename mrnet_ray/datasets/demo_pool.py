@@ -46,6 +46,7 @@ def render_classes(
     failed: list[PieceResult] = []
     failures: Counter[str] = Counter()
     in_flight: Counter[str] = Counter()
+    counted: Counter[str] = Counter()  # clips shown on the progress bar, per class
     rank = 0
     # spawn, not fork: the caller may hold threads (Ray, torch) that a fork would copy mid-lock
     context = multiprocessing.get_context("spawn")
@@ -83,7 +84,9 @@ def render_classes(
                 result = future.result()
                 if result.error is None:
                     done_ok[label].append((order, job, result))
-                    bar.update(len(result.clips))
+                    # a class's last piece may overshoot its target; the bar counts kept clips
+                    bar.update(min(len(result.clips), target - counted[label]))
+                    counted[label] = min(target, counted[label] + len(result.clips))
                 else:
                     failed.append(result)
                     failures[label] += 1
