@@ -1,7 +1,7 @@
 """Figures of an exported model: the confusion matrix, as PNG bytes.
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so they work off the main
-thread and leave no global state behind. Learning curves are drawn by ``tracking.py``.
+thread and leave no global state behind. Learning curves are drawn by ``tracking.runs``.
 
 >>> png = confusion_matrix_png(np.array([[3, 1], [0, 4]]), ["jazz", "rock"], "test tracks")
 >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"

@@ -266,7 +266,7 @@ def test_server_outage_mid_search_is_buffered(tmp_path, ray_session, monkeypatch
 def test_registry_calls_leave_no_tracking_uri_behind(tmp_path, monkeypatch):
     """Export points MLflow's global URI at the search's store for a while; later searches in
     the same process must still resolve their own store (a leak once sent them to ./mlflow.db)."""
-    from mrnet_ray.tracking import _global_uri
+    from mrnet_ray.tracking.registry import _global_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/a.db"

@@ -1,0 +1,205 @@
+"""The search's runs: the parent run, trial-run writes, and reading trial runs back."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mrnet_ray.config import TrialConfig
+from mrnet_ray.errors import UserError
+from mrnet_ray.tracking.store import (
+    ERROR_CHARS,
+    TAG_ERROR,
+    TAG_PARENT,
+    TAG_SEARCH_KEY,
+    TAG_TRIAL_ID,
+    Tracking,
+)
+
+# ---- runs -----------------------------------------------------------------------------------
+
+
+def start_search_run(
+    tracking: Tracking, name: str, *, key: str, tags: Mapping[str, str] = {}
+) -> str:
+    """The search's parent run: the run started earlier with the same ``key`` (use the Tune
+    experiment path, so ``--resume`` continues it), set RUNNING again, or a new one."""
+    client = MlflowClient(tracking.uri)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    found = client.search_runs(
+        [tracking.experiment_id], f"tags.`{TAG_SEARCH_KEY}` = '{digest}'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return run_id
+    run = client.create_run(
+        tracking.experiment_id, run_name=name, tags={**tags, TAG_SEARCH_KEY: digest}
+    )
+    return run.info.run_id
+
+
+def end_search_run(
+    tracking: Tracking, run_id: str, status: str = "FINISHED", error: str = ""
+) -> None:
+    """End the search run as FINISHED, FAILED or KILLED; ``error`` says why (truncated)."""
+    client = MlflowClient(tracking.uri)
+    if error:
+        client.set_tag(run_id, TAG_ERROR, error[:ERROR_CHARS])
+    client.set_terminated(run_id, status)
+
+
+def log_search_details(
+    tracking: Tracking, run_id: str, params: Mapping[str, Any] = {}, files: Sequence[Path] = ()
+) -> None:
+    """Log the search run's settings as params (the same values again on ``--resume``) and
+    files (the space, plots, tables) as artifacts at the run's root."""
+    client = MlflowClient(tracking.uri)
+    log_params(client, run_id, params)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+
+
+def end_orphaned_trial_runs(
+    tracking: Tracking, parent_run_id: str, trial_ids: set[str], reason: str
+) -> int:
+    """End KILLED (``reason`` in the ``error`` tag) the trial runs of a search still RUNNING
+    whose trial the search does not know: trials started just before a crash that Tune never
+    saved. Call it when the search has ended; returns how many there were."""
+    client = MlflowClient(tracking.uri)
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([tracking.experiment_id], query, max_results=1000)
+    orphans = [r.info.run_id for r in runs if r.data.tags.get(TAG_TRIAL_ID) not in trial_ids]
+    for run_id in orphans:
+        client.set_tag(run_id, TAG_ERROR, reason[:ERROR_CHARS])
+        client.set_terminated(run_id, "KILLED")
+    return len(orphans)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log flat params (e.g. :meth:`SearchSpace.flat_params`), 100 per request."""
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int,
+    timestamp_ms: int | None = None,
+) -> None:
+    """Log one epoch's metrics at ``step`` (the epoch)."""
+    ts = timestamp_ms or int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+
+def log_trial_config(client: MlflowClient, run_id: str, trial: TrialConfig) -> None:
+    """The trial's whole config as ``trial_config.yaml`` (``train --config`` reads it back)."""
+    client.log_text(run_id, yaml.safe_dump(trial.to_dict(), sort_keys=False), "trial_config.yaml")
+
+
+def log_learning_curve(client: MlflowClient, run_id: str) -> None:
+    """Plot the run's loss and accuracy histories to ``learning_curve.png``."""
+    keys = sorted(client.get_run(run_id).data.metrics)
+    panels = {
+        "loss": [k for k in keys if k.endswith("_loss")],
+        "accuracy / F1": [k for k in keys if k.endswith(("_acc", "_f1"))],
+    }
+    fig = Figure(figsize=(9, 3.5), layout="constrained")  # no pyplot: safe off the main thread
+    for ax, (label, names) in zip(fig.subplots(1, 2), panels.items(), strict=True):
+        for name in names:
+            history = sorted(
+                (m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, name)
+            )
+            latest = {step: value for step, _, value in history}  # re-run epochs: the last value
+            ax.plot(list(latest), list(latest.values()), marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if names:
+            ax.legend(fontsize="small")
+    client.log_figure(run_id, fig, "learning_curve.png")
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End a run FAILED with ``reason`` in its ``error`` tag."""
+    client.set_tag(run_id, TAG_ERROR, reason[:ERROR_CHARS] or "failed")
+    client.set_terminated(run_id, "FAILED")
+
+
+# ---- reading runs back ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One trial's MLflow run, as ``best`` and the reports read it."""
+
+    run_id: str
+    name: str
+    status: str
+    trial_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifact_uri: str
+
+
+def list_trial_runs(uri: str, experiment: str, parent_run_id: str | None = None) -> list[TrialRun]:
+    """Trial runs of an experiment (of one search if ``parent_run_id``), oldest first."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise UserError(
+            f"no MLflow experiment {experiment!r} at {uri}; run a search first or check "
+            "--experiment and --mlflow-uri"
+        )
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}'" if parent_run_id else ""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id],
+            query,
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
+        runs += [r for r in page if TAG_TRIAL_ID in r.data.tags]
+        token = page.token
+        if not token:
+            break
+    return [
+        TrialRun(
+            run_id=r.info.run_id,
+            name=r.info.run_name,
+            status=r.info.status,
+            trial_id=r.data.tags[TAG_TRIAL_ID],
+            params=dict(r.data.params),
+            metrics=dict(r.data.metrics),
+            tags=dict(r.data.tags),
+            artifact_uri=r.info.artifact_uri,
+        )
+        for r in runs
+    ]
+
+
+def metric_histories(uri: str, run_ids: Sequence[str], key: str) -> dict[str, dict[int, float]]:
+    """Per run, ``{step: value}`` of metric ``key`` (a re-run step keeps its latest value)."""
+    client = MlflowClient(uri)
+    out = {}
+    for run_id in run_ids:
+        history = sorted(
+            (m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)
+        )
+        out[run_id] = {step: value for step, _, value in history}
+    return out
