@@ -28,6 +28,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,18 +115,48 @@ def ray_rate(prepared_dir, trial, resources, storage, name) -> tuple[float, floa
     return statistics.median(m["samples_per_s"] for m in history[1:]), wall, overhead
 
 
+@dataclass
+class Worker:
+    """What a probe loop sets up like ``train_loop_per_worker`` does."""
+
+    trial: TrialConfig
+    rank: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shard: ray.data.DataIterator
+    device: torch.device
+
+    @classmethod
+    def set_up(cls, config: dict) -> Worker:
+        trial = TrialConfig.from_dict(config["trial"])
+        torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
+        model = ray.train.torch.prepare_model(build_model(trial.model))
+        optimizer = make_optimizer(model, trial.train)
+        return cls(
+            trial, ray.train.get_context().get_world_rank(), model, optimizer,
+            make_scheduler(optimizer, trial.train, config["steps_per_epoch"]),
+            ray.train.get_dataset_shard("train"), ray.train.torch.get_device(),
+        )  # fmt: skip
+
+    def train(self, batches: list[dict]) -> None:
+        train_epoch(self.model, batches, self.optimizer, self.scheduler, self.trial.train,
+                    self.device, n_classes=self.trial.model.n_classes)  # fmt: skip
+
+
+def report(metrics: dict) -> None:
+    """Ray Train V2 keeps only the metrics that come with a checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "metrics.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 def probe_loop(config: dict) -> None:
     """Worker: time to the first step, then two epochs of iteration without training."""
-    trial = TrialConfig.from_dict(config["trial"])
-    torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
-    rank = ray.train.get_context().get_world_rank()
-    model = ray.train.torch.prepare_model(build_model(trial.model))
-    optimizer = make_optimizer(model, trial.train)
-    scheduler = make_scheduler(optimizer, trial.train, config["steps_per_epoch"])
-    shard = ray.train.get_dataset_shard("train")
+    w = Worker.set_up(config)
+    rank, shard = w.rank, w.shard
     batches = iter(train_batches(shard, config, 1, rank))
-    train_epoch(model, [next(batches)], optimizer, scheduler, trial.train,
-                ray.train.torch.get_device(), n_classes=trial.model.n_classes)  # fmt: skip
+    w.train([next(batches)])
     first_step = time.time() - config["launched"]
     for _ in batches:  # finish the epoch: a streaming split wants whole epochs
         pass
@@ -135,37 +166,23 @@ def probe_loop(config: dict) -> None:
         for batch in train_batches(shard, {**config, "shuffle_rows": shuffle}, epoch, rank):
             rows += len(batch["label"])
         rates[key] = rows / (time.perf_counter() - start)
-    metrics = {"first_step_s": first_step, **rates}
-    with tempfile.TemporaryDirectory() as tmp:  # V2 keeps only metrics that come with a checkpoint
-        Path(tmp, "probe.json").write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    report({"first_step_s": first_step, **rates})
 
 
 def memory_loop(config: dict) -> None:
     """Worker: RSS after set-up, then peak RSS over a few training steps and an evaluation."""
-    trial = TrialConfig.from_dict(config["trial"])
-    torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
-    rank = ray.train.get_context().get_world_rank()
-    model = ray.train.torch.prepare_model(build_model(trial.model))
-    optimizer = make_optimizer(model, trial.train)
-    scheduler = make_scheduler(optimizer, trial.train, config["steps_per_epoch"])
-    shard = ray.train.get_dataset_shard("train")
+    w = Worker.set_up(config)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    stream = iter(train_batches(shard, config, 1, rank))
+    stream = iter(train_batches(w.shard, config, 1, w.rank))
     batches = [next(stream) for _ in range(config["memory_steps"])]
     for _ in stream:  # finish the epoch: a streaming split wants whole epochs
         pass
-    device = ray.train.torch.get_device()
-    train_epoch(model, batches, optimizer, scheduler, trial.train, device,
-                n_classes=trial.model.n_classes)  # fmt: skip
-    evaluate(model, batches, trial.model.n_classes, device)
-    metrics = {
+    w.train(batches)
+    evaluate(w.model, batches, w.trial.model.n_classes, w.device)
+    report({
         "rss_after_setup_mb": before,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "memory.json").write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    })  # fmt: skip
 
 
 def probe(prepared_dir, trial, resources, storage, loop=probe_loop, **extra) -> dict:

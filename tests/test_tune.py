@@ -71,6 +71,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def journal_study(record: dict) -> optuna.Study:
+    """The search's Optuna study, from its journal file."""
+    storage = search.journal_storage(Path(record["journal"]))
+    return optuna.load_study(study_name=record["study_name"], storage=storage)
+
+
 def fails_in_one_line(capsys, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as info:
         tune_cli.main(argv)
@@ -275,10 +281,7 @@ def test_search_json_names_everything_best_needs(failing_search):
 @pytest.mark.slow
 def test_optuna_study_is_in_the_journal(failing_search):
     _, record, _ = failing_search
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(record["journal"])
-    )
-    study = optuna.load_study(study_name=record["study_name"], storage=storage)
+    study = journal_study(record)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
     assert study.trials[0].params == {"model.channels": 24, "train.lr": 3e-3}  # default point
@@ -305,24 +308,42 @@ def trial_runs(run_dir: Path):
     return list_trial_runs(record["tracking_uri"], "mrnet_ray", record["parent_run_id"])
 
 
+TUNE = [sys.executable, "-m", "mrnet_ray.tune"]
+
+
+def driver_env(ray_session) -> dict[str, str]:
+    """A search driver's environment: the session's Ray cluster, unbuffered output."""
+    address = ray_session.get_runtime_context().gcs_address
+    return {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}
+
+
+def start_driver(data: Path, tmp_path: Path, env: dict, log, *flags: str) -> subprocess.Popen:
+    """A 3-trial search of the tiny space into ``tmp_path/run``, logging to ``log``."""
+    space = write_space(tmp_path, "{float: [1.0e-3, 1.0e-2], log: true}")
+    argv = [
+        *TUNE, "--data", str(data), "--space", str(space), "--num-samples", "3",
+        "--run-dir", str(tmp_path / "run"), *flags, *SMALL,
+    ]  # fmt: skip
+    return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=log)
+
+
+def resume_driver(run_dir: Path, tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
+    """``tune --resume`` of ``run_dir`` to the end; it must exit 0."""
+    done = subprocess.run(
+        [*TUNE, "--resume", "--run-dir", str(run_dir)], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_losing_or_repeating_trials(
     tiny_prepared, ray_session, tmp_path
 ):
-    run_dir = tmp_path / "run"
-    space = write_space(tmp_path, "{float: [1.0e-3, 1.0e-2], log: true}")
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,  # the session's cluster
-        "PYTHONUNBUFFERED": "1",
-    }
-    start = [sys.executable, "-m", "mrnet_ray.tune"]
-    argv = [
-        "--data", str(tiny_prepared), "--space", str(space), "--num-samples", "3",
-        "--objective", "acc-params", "--run-dir", str(run_dir), *SMALL,
-    ]  # fmt: skip
+    run_dir, env = tmp_path / "run", driver_env(ray_session)
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen([*start, *argv], cwd=tmp_path, env=env, stdout=log, stderr=log)
+    first = start_driver(tiny_prepared, tmp_path, env, log, "--objective", "acc-params")
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and first.poll() is None:
@@ -342,11 +363,7 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
     assert client.get_run(record["parent_run_id"]).info.status == "KILLED"
     done_before = {r.trial_id for r in trial_runs(run_dir) if r.status == "FINISHED"}
 
-    second = subprocess.run(
-        [*start, "--resume", "--run-dir", str(run_dir)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    second = resume_driver(run_dir, tmp_path, env)
     assert "search " in second.stdout and "3 completed" in second.stdout
 
     record = json.loads((run_dir / "search.json").read_text())
@@ -362,10 +379,7 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
         steps = {m.step for m in client.get_metric_history(run.run_id, "valid_track_acc")}
         assert steps == {1, 2}
 
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(record["journal"])
-    )
-    study = optuna.load_study(study_name=record["study_name"], storage=storage)
+    study = journal_study(record)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3 and len(study.directions) == 2
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 3  # none repeated
@@ -398,20 +412,9 @@ def test_killed_search_driver_resumes_without_losing_or_repeating_trials(
     state may be a snapshot older than MLflow and the journal (Tune saves it every 10 s or
     so). ``--resume`` must still finish the search with one run and one Optuna trial per
     Tune trial, without training again what was already trained."""
-    run_dir = tmp_path / "run"
-    space = write_space(tmp_path, "{float: [1.0e-3, 1.0e-2], log: true}")
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,  # the session's cluster
-        "PYTHONUNBUFFERED": "1",
-    }
-    start = [sys.executable, "-m", "mrnet_ray.tune"]
-    argv = [
-        "--data", str(tiny_prepared), "--space", str(space), "--num-samples", "3",
-        "--scheduler", "fifo", "--run-dir", str(run_dir), *SMALL,
-    ]  # fmt: skip
+    run_dir, env = tmp_path / "run", driver_env(ray_session)
     with (tmp_path / "first.log").open("w") as log:
-        first = subprocess.Popen([*start, *argv], cwd=tmp_path, env=env, stdout=log, stderr=log)
+        first = start_driver(tiny_prepared, tmp_path, env, log, "--scheduler", "fifo")
         try:
             training, deadline = None, time.monotonic() + 600
             while training is None and time.monotonic() < deadline and first.poll() is None:
@@ -437,11 +440,7 @@ def test_killed_search_driver_resumes_without_losing_or_repeating_trials(
     done_before = {t: r for t, r in before.items() if r.status == "FINISHED"}
     assert done_before and before[training.trial_id].status == "RUNNING"
 
-    second = subprocess.run(
-        [*start, "--resume", "--run-dir", str(run_dir)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    second = resume_driver(run_dir, tmp_path, env)
     assert "3 completed" in second.stdout
 
     record = json.loads((run_dir / "search.json").read_text())
@@ -473,10 +472,7 @@ def test_killed_search_driver_resumes_without_losing_or_repeating_trials(
         ]
         assert epoch_one.value == training.metrics[METRIC]
 
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(record["journal"])
-    )
-    study = optuna.load_study(study_name=record["study_name"], storage=storage)
+    study = journal_study(record)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 3  # none repeated

@@ -36,9 +36,6 @@ _TUNE_KEYS = {
 }  # fmt: skip
 
 
-# ---- the Tune callback ----------------------------------------------------------------------
-
-
 class MLflowTrialCallback(Callback):
     """One MLflow run per Tune trial, nested under the search run (see the module docstring).
 

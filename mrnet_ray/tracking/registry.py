@@ -17,8 +17,6 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.tracking.runs import log_metrics
 from mrnet_ray.tracking.store import TAG_PARENT
 
-# ---- model registry (``best --export`` writes, ``predict models:/...`` reads) ---------------
-
 TAG_TEST_ACC = "test_track_acc"
 """Model-version tag: track accuracy on the prepared data's test split."""
 TAG_SOURCE_TRIAL = "mrnet_ray.source_trial"

@@ -25,8 +25,6 @@ from mrnet_ray.tracking.store import (
     Tracking,
 )
 
-# ---- runs -----------------------------------------------------------------------------------
-
 
 def start_search_run(
     tracking: Tracking, name: str, *, key: str, tags: Mapping[str, str] = {}

@@ -32,9 +32,6 @@ TAG_CODE_VERSION = "mrnet_ray.code_version"
 ERROR_CHARS = 500
 
 
-# ---- where runs go --------------------------------------------------------------------------
-
-
 def resolve_tracking_uri(
     cli_uri: str | None, run_dir: Path, env: Mapping[str, str] = os.environ
 ) -> str:
