@@ -25,7 +25,7 @@ install: $(STAMP) sysdeps
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,demo]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,demo,bench]'
 	touch $(STAMP)
 
 sysdeps:
@@ -65,8 +65,7 @@ demo: install
 	@echo "== 1/4 prepare: demo corpus -> $(DATA)/demo (log-mel Parquet shards)"
 	$(PY) -m mrnet_ray.prepare --dataset demo --root $(DEMO_CORPUS) --out $(DATA)/demo
 	@echo "== 2/4 search: $(DEMO_TRIALS) trials of search_spaces/demo.yaml -> $(RUNS)"
-	status=$$($(PY) -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" \
-	  $(RUNS)/search.json 2>/dev/null || echo none)
+	status=$$($(PY) -c "import sys; from mrnet_ray.search.record import status; print(status(sys.argv[1]))" $(RUNS))
 	if [ "$$status" = FINISHED ]; then
 	  echo "search already finished in $(RUNS) (make clean to start over)"
 	elif [ "$$status" != none ]; then

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mrnet_ray.config import FeatureConfig, MRNetConfig
-from mrnet_ray.model import build_model, model_cost
+from mrnet_ray.nn import build_model, model_cost
 
 ARCHS = ("mrnet", "ecapa", "shortchunk")
 SIZES = {"full": MRNetConfig(), "demo": MRNetConfig(channels=64)}

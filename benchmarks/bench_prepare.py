@@ -96,9 +96,9 @@ def ray_features_only(paths: list[Path], cfg: FeatureConfig) -> float:
     output consumed and dropped): the parallel twin of :func:`single_process`."""
     import ray
 
-    from mrnet_ray.ledger import Ledger
-    from mrnet_ray.prepare import CPUS_PER_TASK
-    from mrnet_ray.shards import segment_tracks
+    from mrnet_ray.shards.job import CPUS_PER_TASK
+    from mrnet_ray.shards.ledger import Ledger
+    from mrnet_ray.shards.segment import segment_tracks
 
     rows = [
         {"path": str(p), "track_id": p.stem, "track_index": i, "label": 0, "label_name": "x",
@@ -162,7 +162,7 @@ def tree_cpu_seconds() -> float:
 
 def timed_prepare(root: Path, out: Path, cfg: FeatureConfig) -> tuple[float, int, float]:
     """(wall seconds, peak RSS bytes, CPU seconds of all processes) of one forced prepare."""
-    from mrnet_ray.prepare import prepare
+    from mrnet_ray.shards.job import prepare
 
     with PeakRSS() as rss:
         start, cpu = time.perf_counter(), tree_cpu_seconds()

@@ -36,11 +36,11 @@ import torch
 
 from mrnet_ray import features
 from mrnet_ray.config import FeatureConfig, TrialConfig
-from mrnet_ray.data import SplitArrays, open_prepared
-from mrnet_ray.engine import evaluate, make_optimizer, make_scheduler, train_epoch
-from mrnet_ray.model import build_model, model_cost
-from mrnet_ray.search_space import load_space
-from mrnet_ray.train import fit_to_data
+from mrnet_ray.nn import build_model, model_cost
+from mrnet_ray.search.space import load_space
+from mrnet_ray.shards import SplitArrays, open_prepared
+from mrnet_ray.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from mrnet_ray.training.raytrain import fit_to_data
 
 ARCHS = ("mrnet", "ecapa", "shortchunk")
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"

@@ -37,12 +37,12 @@ import ray.train
 import ray.train.torch
 import torch
 
-from mrnet_ray.checkpoint import load_checkpoint
 from mrnet_ray.config import FeatureConfig, MRNetConfig, ResourcesConfig, TrainConfig, TrialConfig
-from mrnet_ray.data import open_prepared
-from mrnet_ray.engine import evaluate, make_optimizer, make_scheduler, train_epoch
-from mrnet_ray.model import build_model
-from mrnet_ray.train import fit_to_data, make_trainer, train_batches
+from mrnet_ray.nn import build_model
+from mrnet_ray.shards import open_prepared
+from mrnet_ray.training.checkpoint import load_checkpoint
+from mrnet_ray.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from mrnet_ray.training.raytrain import fit_to_data, make_trainer, train_batches
 
 LABELS = ("a", "b", "c", "d")
 SEGMENTS_PER_TRACK = 4

@@ -24,13 +24,15 @@ class UserError(Exception):
 
 
 def cli(main: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a CLI ``main``: ``UserError`` (and config ``ValueError``) -> one line, exit 2."""
+    """Decorate a CLI ``main``: ``UserError`` and a flag's rejected config value
+    (:class:`~mrnet_ray.config.ConfigError`) -> one line, exit 2."""
+    from mrnet_ray.config import ConfigError
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return main(*args, **kwargs)
-        except UserError as e:
+        except (UserError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:

@@ -1,9 +1,16 @@
-"""Where prepared directories live: local paths or object-store URIs, through pyarrow.fs.
+"""Files and directories that are never seen half-written, locally or on object stores.
 
-A prepared directory is complete exactly when its ``manifest.json`` exists. Locally it is
-built in a sibling ``DIR.tmp-<random>`` and renamed into place, so ``DIR`` never appears
-half-written; on object stores (no atomic rename) the files go straight to ``DIR`` and the
-manifest is removed first and written last.
+Locations are local paths or URIs (``s3://bucket/prefix?endpoint_override=...``), opened
+through ``pyarrow.fs`` (:func:`resolve`, :func:`join`, :func:`read_json`).
+
+Everything mrnet_ray writes for others to read appears whole or not at all:
+
+- :func:`write_atomic` writes a file through a unique temporary sibling, flushed to disk,
+  then renamed over the target (and the directory flushed), so two writers never share a
+  temporary file and a crash leaves the old file or the new one;
+- :func:`replace_dir` builds a directory in a sibling ``NAME.tmp-<host>-<pid>-<random>`` that
+  replaces ``NAME`` when complete (prepared data, model bundles, the demo corpus). Staging
+  directories left by a killed process of this host are removed by the next run, which says so.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +28,6 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from mrnet_ray.errors import UserError
-
-MANIFEST = "manifest.json"
 
 
 def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
@@ -61,76 +67,97 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
             return None
 
 
-class Target:
-    """The output location of one prepare run."""
-
-    def __init__(self, location: str | os.PathLike[str]) -> None:
-        self.fs, self.path, self.uri = resolve(location)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
-
-    @property
-    def result(self) -> Path | str:
-        return Path(self.path) if self.local else self.uri
-
-    def existing_manifest(self) -> dict | None:
-        manifest = read_json(self.fs, f"{self.path}/{MANIFEST}")
-        return manifest if isinstance(manifest, dict) else None
-
-    def check_replaceable(
-        self, existing: dict | None, dataset: str, root: str, digest: str, force: bool
-    ) -> None:
-        """UserError unless ``DIR`` is absent, empty, or a prepared directory we may replace.
-
-        A prepared directory of the same dataset and root is rebuilt when its inputs changed;
-        one of another dataset needs ``force``; anything else is never touched.
-        """
-        info = self.fs.get_file_info(self.path)
-        if info.type == pafs.FileType.NotFound:
-            return
-        if info.type != pafs.FileType.Directory:
-            raise UserError(f"--out {self.uri}: is a file; choose a directory path")
-        if existing is None:
-            if self.fs.get_file_info(pafs.FileSelector(self.path)):
-                raise UserError(
-                    f"--out {self.uri}: exists and is not a prepared directory (no {MANIFEST}); "
-                    "remove it or choose another --out"
-                )
-            return
-        same = (existing.get("dataset"), existing.get("root")) == (dataset, root)
-        if not same and not force:
-            raise UserError(
-                f"--out {self.uri}: holds prepared {existing.get('dataset')} data from "
-                f"{existing.get('root')}; pass --force to replace it or choose another --out"
-            )
-        if existing.get("content_hash") == digest:
-            print(f"{self.uri}: up to date, rebuilding as asked (--force)")
-        else:
-            print(f"{self.uri}: inputs changed since {existing.get('created')}; rebuilding")
-
-    @contextlib.contextmanager
-    def staging(self) -> Iterator[str]:
-        """Yield the directory to write into; on success it becomes ``DIR``, on error it goes."""
-        if not self.local:
-            if self.existing_manifest() is not None:
-                self.fs.delete_file(f"{self.path}/{MANIFEST}")
-            self.fs.create_dir(self.path, recursive=True)
-            self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
-            yield self.path
-            return
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{self.path}.tmp-{secrets.token_hex(4)}"
-        os.mkdir(tmp)
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename into it) to disk; a no-op where that is unsupported."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
         try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = f"{self.path}.old-{secrets.token_hex(4)}"
-        if os.path.exists(self.path):
-            os.rename(self.path, old)
-        os.rename(tmp, self.path)
-        shutil.rmtree(old, ignore_errors=True)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def write_manifest(self, directory: str, manifest: dict) -> None:
-        with self.fs.open_output_stream(f"{directory}/{MANIFEST}") as f:
-            f.write(json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` to disk."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(directory))
+
+
+def _token() -> str:
+    """``<host>-<pid>-<random>``: unique, and says which process of which host made it."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a unique temporary sibling, flushed, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{_token()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _alive(host: str, pid: str) -> bool:
+    """Whether staging of ``host``/``pid`` may still be in use (always, for other hosts)."""
+    here = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32]
+    if host != here or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_staging(target: Path) -> list[Path]:
+    """Remove the staging and moved-aside siblings of ``target`` that a killed process of
+    this host left behind; returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in target.parent.glob(f"{target.name}.{kind}-*"):
+            host, _, rest = path.name.removeprefix(f"{target.name}.{kind}-").partition("-")
+            if not _alive(host, rest.partition("-")[0]):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def replace_dir(target: str | os.PathLike[str], *, quiet: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``target``; when the block ends normally it is
+    flushed to disk and replaces ``target`` (an older one is moved aside first and removed
+    after); when it raises, it is removed. Stale staging of killed runs is cleaned first."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in stale_staging(target):
+        if not quiet:
+            print(f"removed {path}, left by an interrupted run")
+    staging = target.parent / f"{target.name}.tmp-{_token()}"
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = target.parent / f"{target.name}.old-{_token()}"
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CLASS_HZ, write_clip, write_garbage
+from fixtures.audio import CLASS_HZ, write_clip, write_garbage
 
-from mrnet_ray.bundle import CONFIG, FORMAT, WEIGHTS
 from mrnet_ray.config import MRNetConfig, TrialConfig
+from mrnet_ray.export.bundle import CONFIG, FORMAT, WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def tiny_model(channels: int = 16) -> MRNetConfig:
 def save_weights(path: Path, model: MRNetConfig) -> None:
     from safetensors.torch import save_file
 
-    from mrnet_ray.model import build_model
+    from mrnet_ray.nn import build_model
 
     save_file(build_model(model).state_dict(), str(path))
 

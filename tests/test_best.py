@@ -20,9 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mrnet_ray import best, export, predict, tracking
-from mrnet_ray.bundle import ONNX, TORCHSCRIPT, WEIGHTS, export_differences, load_bundle
-from mrnet_ray.data import open_prepared
+from mrnet_ray import best, predict, tracking
+from mrnet_ray.export import champion, evaluate
+from mrnet_ray.export.bundle import ONNX, TORCHSCRIPT, WEIGHTS, export_differences, load_bundle
+from mrnet_ray.inference import predict as inference
+from mrnet_ray.search.record import read_record
+from mrnet_ray.shards import open_prepared
 
 # Fixed architecture but for the width; lr and epochs that fit the three tone classes.
 SPACE = """\
@@ -119,8 +122,8 @@ def test_export_evaluates_the_best_checkpoint_once_on_test(search, exported, tin
     assert Path(lineage["checkpoint"]).parent.name == lineage["trial_id"]
     metrics = json.loads((bundle_dir / "metrics.json").read_text())
     prepared = open_prepared(tiny_prepared)
-    stats, _ = export.evaluate_test(b.model, prepared)  # the bundle's weights: the same numbers
-    assert export.held_out_metrics(stats) == pytest.approx(
+    stats, _ = evaluate.evaluate_test(b.model, prepared)  # the bundle's weights: the same numbers
+    assert evaluate.held_out_metrics(stats) == pytest.approx(
         {k: v for k, v in metrics["test"].items() if k.startswith("test_")}
     )
     assert metrics["test"]["tracks"] == prepared.manifest["counts"]["test"]["tracks"]
@@ -170,8 +173,8 @@ def test_bundle_predicts_in_a_fresh_process_without_the_run_dir(
     clips = trained_clips(tiny_prepared, audio_folder.root)
     assert len(clips) == open_prepared(tiny_prepared).manifest["counts"]["train"]["tracks"]
     # What the bundle says in this process, with the search at hand: the reference.
-    in_process = predict.open_model(str(bundle_dir))
-    expected = {path: predict.predict_file(in_process, path).probabilities for path in clips}
+    in_process = inference.open_model(str(bundle_dir))
+    expected = {path: inference.predict_file(in_process, path).probabilities for path in clips}
     hidden = search.with_name("run-hidden")
     search.rename(hidden)  # nothing of the search is reachable while predict runs
     try:
@@ -196,19 +199,19 @@ def test_bundle_predicts_in_a_fresh_process_without_the_run_dir(
 
 def register_variant(search: Path, bundle_dir: Path, name: str, worse: bool) -> str:
     """Register the exported model, or a broken copy that always says the first class, through
-    export.register (real evaluation, real MLflow); returns what it printed about the alias."""
+    champion.register (real evaluation, real MLflow); returns what it printed about the alias."""
     b = load_bundle(bundle_dir)
     model = copy.deepcopy(b.model)
     if worse:
         with torch.no_grad():
             model.classifier.weight.zero_()
             model.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
-    settings = best.load_search(search)
-    stats, example = export.evaluate_test(model, open_prepared(settings["data"]))
+    settings = read_record(search)
+    stats, example = evaluate.evaluate_test(model, open_prepared(settings["data"]))
     lineage = {**b.metadata["lineage"], "trial_id": "worse" if worse else "trained"}
-    lines = export.register(
+    lines = champion.register(
         uri(search), settings, search, bundle_dir, model, example, name,
-        "champion", export.held_out_metrics(stats), lineage,
+        "champion", evaluate.held_out_metrics(stats), lineage,
     )  # fmt: skip
     return lines[-1]
 
@@ -241,7 +244,7 @@ def test_predict_from_the_registry(search, exported, audio_folder, capsys):
     clip = audio_folder.good["high"][0]
     predict.main([f"models:/{NAME}@champion", str(clip), "--json", "--mlflow-uri", uri(search)])
     (result,) = json.loads(capsys.readouterr().out)
-    local = predict.predict_file(load_bundle(bundle_dir), clip)
+    local = inference.predict_file(load_bundle(bundle_dir), clip)
     assert result["top_k"][0] == {
         "label": "high",
         "probability": pytest.approx(float(local.probabilities.max()), abs=2e-6),

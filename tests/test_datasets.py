@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_clip
+from fixtures.audio import write_clip
 
 from mrnet_ray.datasets import ADAPTERS, SplitOptions, adapter, gtzan, melon
 from mrnet_ray.datasets.splits import kfold_split, random_split

@@ -13,10 +13,12 @@ import pytest
 import soundfile as sf
 
 from mrnet_ray.datasets import SplitOptions
-from mrnet_ray.datasets.demo import SIZES, CorpusSize, build_corpus, list_tracks, main
-from mrnet_ray.datasets.demo_pool import render_classes
-from mrnet_ray.datasets.demo_render import RenderError, RenderJob, render_midi, render_piece
-from mrnet_ray.datasets.demo_sources import Source
+from mrnet_ray.datasets.demo import SIZES, CorpusSize, list_tracks
+from mrnet_ray.datasets.demo.__main__ import main
+from mrnet_ray.datasets.demo.build import build_corpus
+from mrnet_ray.datasets.demo.pool import render_classes
+from mrnet_ray.datasets.demo.render import RenderError, RenderJob, render_midi, render_piece
+from mrnet_ray.datasets.demo.sources import Source
 from mrnet_ray.errors import UserError
 
 FONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
@@ -187,7 +189,7 @@ def test_build_where_every_render_fails_stops_with_one_line(tmp_path):
     with pytest.raises(UserError, match="renders all failed.*timed out") as err:
         build_corpus(root, size="tiny", render_timeout_s=0.001, progress=False)
     assert "\n" not in str(err.value)
-    assert not root.exists() and not list(tmp_path.glob(".demo.*"))
+    assert not root.exists() and not list(tmp_path.glob("demo.*"))  # no staging left
 
 
 def test_missing_fluidsynth_is_a_one_line_user_error(tmp_path, capsys):

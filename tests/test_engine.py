@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mrnet_ray.augment import mixup, random_crop, soft_targets, spec_augment
 from mrnet_ray.config import TrainConfig
-from mrnet_ray.engine import evaluate, make_optimizer, make_scheduler, train_epoch
-from mrnet_ray.metrics import EvalStats
+from mrnet_ray.training.augment import mixup, random_crop, soft_targets, spec_augment
+from mrnet_ray.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from mrnet_ray.training.metrics import EvalStats
 
 CPU = torch.device("cpu")
 

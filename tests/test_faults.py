@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mrnet_ray import features
-from mrnet_ray.bundle import CONFIG, FORMAT, TORCHSCRIPT, WEIGHTS, load_bundle
-from mrnet_ray.checkpoint import STATE_FILE, load_checkpoint, model_from_checkpoint
 from mrnet_ray.config import FeatureConfig, MRNetConfig, ResourcesConfig, TrialConfig
 from mrnet_ray.errors import UserError
-from mrnet_ray.model import build_model
+from mrnet_ray.export.bundle import CONFIG, FORMAT, TORCHSCRIPT, WEIGHTS, load_bundle
+from mrnet_ray.nn import build_model
+from mrnet_ray.training.checkpoint import STATE_FILE, load_checkpoint, model_from_checkpoint
 
 TINY = MRNetConfig(
     n_mels=8, n_classes=2, channels=8, res2_scale=2, dilations=(2,), route_depths=((1,),),
@@ -187,7 +187,7 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(
     (max_failures=1) and the loop continues from that checkpoint to the last epoch."""
     from ray.util.state import list_actors
 
-    from mrnet_ray.train import make_trainer
+    from mrnet_ray.training.raytrain import make_trainer
 
     model = {"channels": 8, "res2_scale": 2, "dilations": [2], "route_depths": [[1]],
              "se_channels": 4, "attention_channels": 4, "embedding_dim": 4}  # fmt: skip

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from conftest import synth, write_clip, write_garbage
+from fixtures.audio import synth, write_clip, write_garbage
 
 from mrnet_ray import features
 from mrnet_ray.config import FeatureConfig

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_HZ, write_clip, write_garbage
+from fixtures.audio import CLASS_HZ, write_clip, write_garbage
 
 from mrnet_ray import predict
-from mrnet_ray.bundle import (
+from mrnet_ray.config import MRNetConfig, TrialConfig
+from mrnet_ray.errors import UserError
+from mrnet_ray.export.bundle import (
     CONFIG,
     ONNX,
     TORCHSCRIPT,
@@ -28,10 +30,9 @@ from mrnet_ray.bundle import (
     export_differences,
     load_bundle,
 )
-from mrnet_ray.config import MRNetConfig, TrialConfig
-from mrnet_ray.errors import UserError
 from mrnet_ray.features import AudioError, audio_to_segments
-from mrnet_ray.model import build_model
+from mrnet_ray.inference import predict as inference
+from mrnet_ray.nn import build_model
 
 LABELS = tuple(CLASS_HZ)
 
@@ -173,7 +174,7 @@ def test_damaged_bundle_names_the_file_and_the_fix(how, bundle_dir, tmp_path):
 
 def test_predict_uses_the_preparation_frontend(bundle_dir, clips):
     bundle = load_bundle(bundle_dir)
-    p = predict.predict_file(bundle, clips["mid"])
+    p = inference.predict_file(bundle, clips["mid"])
     segments = audio_to_segments(clips["mid"], bundle.feature)  # the code path of prepare
     with torch.no_grad():
         logits = bundle.model(torch.from_numpy(segments))
@@ -230,15 +231,15 @@ def test_missing_bundle_and_registry_without_store(tmp_path, clips, capsys, monk
     assert line.startswith(f"error: {tmp_path / 'nothing'}: no such model bundle directory")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(UserError, match="needs its tracking store"):
-        predict.open_model("models:/mrnet-x@champion")
+        inference.open_model("models:/mrnet-x@champion")
     with pytest.raises(UserError, match="no store file"):
-        predict.open_model("models:/mrnet-x@champion", f"sqlite:///{tmp_path}/none.db")
+        inference.open_model("models:/mrnet-x@champion", f"sqlite:///{tmp_path}/none.db")
 
 
 def test_clip_shorter_than_a_segment_follows_the_bundles_policy(bundle_dir, tmp_path):
     bundle = load_bundle(bundle_dir)
     short = write_clip(tmp_path / "short.wav", CLASS_HZ["low"], 0.4, 16000)
-    assert predict.predict_file(bundle, short).segment_probabilities.shape == (1, len(LABELS))
+    assert inference.predict_file(bundle, short).segment_probabilities.shape == (1, len(LABELS))
     skipping = dataclasses.replace(bundle, feature=bundle.feature.replace(short_clip="skip"))
     with pytest.raises(AudioError, match="shorter than one 1 s segment"):
-        predict.predict_file(skipping, short)
+        inference.predict_file(skipping, short)

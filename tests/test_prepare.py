@@ -13,11 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mrnet_ray import features, storage
+from mrnet_ray import features
 from mrnet_ray.config import FeatureConfig
-from mrnet_ray.data import open_prepared
 from mrnet_ray.errors import UserError
-from mrnet_ray.prepare import main, prepare
+from mrnet_ray.prepare import main
+from mrnet_ray.shards import open_prepared, target
+from mrnet_ray.shards.job import prepare
 
 
 def _manifest(directory: Path) -> dict:
@@ -134,7 +135,7 @@ def test_interrupted_run_leaves_no_complete_looking_dir(
         seen["out_exists"] = out.exists()
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C just before the manifest
 
-    monkeypatch.setattr(storage.Target, "write_manifest", fail_at_manifest)
+    monkeypatch.setattr(target.Target, "write_manifest", fail_at_manifest)
     feature = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
     with pytest.raises(KeyboardInterrupt):
         prepare("gtzan", gtzan_tree.root, out, feature=feature, limit=4)

@@ -17,11 +17,11 @@ import ray.train
 
 from mrnet_ray import storage
 from mrnet_ray.best import main as best_main
-from mrnet_ray.checkpoint import model_from_checkpoint
-from mrnet_ray.data import open_prepared
 from mrnet_ray.datasets import SplitOptions
-from mrnet_ray.prepare import prepare
+from mrnet_ray.shards import open_prepared
+from mrnet_ray.shards.job import prepare
 from mrnet_ray.train import main as train_main
+from mrnet_ray.training.checkpoint import model_from_checkpoint
 from mrnet_ray.tune import main as tune_main
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mrnet_ray.config import MRNetConfig, TrialConfig
 from mrnet_ray.errors import UserError
-from mrnet_ray.search_space import SearchSpace, load_space
+from mrnet_ray.search.space import SearchSpace, load_space
 
 SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -124,7 +124,7 @@ def test_to_trial_names_a_missing_parameter(tmp_path):
 
 def test_flat_params_are_plain_and_complete():
     trial = TrialConfig(model=MRNetConfig(dilations=(2, 5), route_depths=((1,), (1, 3))))
-    flat = SearchSpace.flat_params(trial)
+    flat = trial.flat()
     assert flat["model.dilations"] == "2,5"
     assert flat["model.route_depths"] == "1,1-3"
     assert flat["model.n_blocks"] == 2

@@ -20,7 +20,6 @@ from ray import tune
 import mrnet_ray
 from mrnet_ray.config import MRNetConfig, TrainConfig, TrialConfig
 from mrnet_ray.errors import UserError
-from mrnet_ray.search_space import SearchSpace
 from mrnet_ray.tracking import (
     TAG_DATA_HASH,
     TAG_ERROR,
@@ -107,7 +106,7 @@ def test_logging_helpers(tmp_path):
     client = MlflowClient(tracking.uri)
     run_id = client.create_run(tracking.experiment_id).info.run_id
     trial = TrialConfig(model=MRNetConfig(dilations=(2, 5), route_depths=((1,), (1, 3))))
-    log_params(client, run_id, SearchSpace.flat_params(trial))
+    log_params(client, run_id, trial.flat())
     for epoch in (1, 2, 3):
         log_metrics(client, run_id, {"train_loss": 1 / epoch, "valid_acc": epoch / 4}, epoch)
     log_trial_config(client, run_id, trial)

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrnet_ray.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mrnet_ray.config import FeatureConfig, MRNetConfig, ResourcesConfig, TrialConfig
-from mrnet_ray.data import open_prepared
-from mrnet_ray.engine import evaluate
 from mrnet_ray.errors import UserError
-from mrnet_ray.model import build_model, model_cost
-from mrnet_ray.train import main, make_trainer
-from mrnet_ray.train_cli import load_trial
+from mrnet_ray.nn import build_model, model_cost
+from mrnet_ray.shards import open_prepared
+from mrnet_ray.train import main
+from mrnet_ray.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mrnet_ray.training.loop import evaluate
+from mrnet_ray.training.raytrain import make_trainer
+from mrnet_ray.training.run import load_trial
 
 METRICS = {
     "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_track_acc",

@@ -28,8 +28,8 @@ Ray pickles the callback into the experiment (``tuner.pkl``) before it starts an
 that copy on ``--resume``, so it holds only plain settings until Tune calls ``setup``.
 
 The package splits by concern: ``store`` (where runs go), ``runs`` (the search's runs, read
-back too), ``callback`` (the Tune callback), ``registry`` (exported models). Import from the
-package.
+back too), ``callback`` (the Tune callback), ``registry`` (exported models), ``server`` (the
+MLflow UI on a run directory). Import from the package.
 """
 
 from __future__ import annotations

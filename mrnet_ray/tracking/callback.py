@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from mrnet_ray.config import TrialConfig
-from mrnet_ray.search_space import SearchSpace
 from mrnet_ray.tracking.runs import (
     fail_run,
     log_learning_curve,
@@ -69,7 +68,7 @@ class MLflowTrialCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         try:
             config = self.trial_config(trial.config)
-            params: dict[str, Any] = SearchSpace.flat_params(config)
+            params: dict[str, Any] = config.flat()
         except Exception as e:  # the trainable fails on the same config and says why
             config, params = None, {k: v for k, v in trial.config.items() if "/" not in k}
             logger.warning("MLflow: trial %s's config is no TrialConfig: %s", trial, e)

@@ -85,7 +85,7 @@ def end_orphaned_trial_runs(
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log flat params (e.g. :meth:`SearchSpace.flat_params`), 100 per request."""
+    """Log flat params (e.g. :meth:`TrialConfig.flat`), 100 per request."""
     items = [Param(k, str(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])

@@ -1,0 +1,55 @@
+"""A trial's checkpoints as Ray's ``Result`` API lists them, and the one an export takes.
+
+Ray Train keeps each trial's two best checkpoints by ``valid_track_acc`` and its latest
+(:func:`mrnet_ray.training.raytrain.make_trainer`); ``Result.from_path`` lists them with the
+metrics each one reported, locally or on object storage. The export takes the best of them by
+the ranking metric (:mod:`mrnet_ray.ranking`), as each checkpoint recorded it; a checkpoint
+that cannot be read (a truncated file) is skipped with a note, and the next one is taken.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mrnet_ray import ranking, storage
+from mrnet_ray.errors import UserError
+from mrnet_ray.training.checkpoint import STATE_FILE, load_checkpoint
+
+
+def kept_checkpoints(train_run: str) -> list[tuple[Any, dict[str, Any]]]:
+    """``(ray.train.Checkpoint, metrics)`` of every checkpoint a Train run keeps."""
+    import ray.train
+
+    try:
+        result = ray.train.Result.from_path(train_run)
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        raise UserError(
+            f"{train_run}: no Ray Train run there ({' '.join(str(e).split())[:200]}); the "
+            "trial never finished an epoch, or its Ray results were moved or deleted"
+        ) from None
+    kept = list(result.best_checkpoints or [])
+    latest = result.checkpoint
+    if latest is not None and latest.path not in {c.path for c, _ in kept}:
+        kept.append((latest, result.metrics or {}))
+    return kept
+
+
+def best_checkpoint(train_run: str, metric: str, workdir: Path) -> tuple[str, Path, dict[str, Any]]:
+    """The best readable kept checkpoint (module docstring): where, local path, its state."""
+    kept = ranking.ranked(kept_checkpoints(train_run), metric, lambda pair: pair[1])
+    for checkpoint, _ in kept:
+        name = Path(checkpoint.path).name
+        where = storage.join(train_run, name)  # a URI's ?query stays at the end
+        local = Path(checkpoint.path)
+        if not local.is_dir():  # on object storage: fetch it
+            local = Path(checkpoint.to_directory(str(workdir / name)))
+        try:
+            return where, local, load_checkpoint(local)
+        except UserError as e:
+            print(f"note: skipping checkpoint {where}: {e}", file=sys.stderr)
+    raise UserError(
+        f"{train_run}: no readable checkpoint (none of {len(kept)} with {STATE_FILE}); the trial "
+        "never finished an epoch, or its Ray results were damaged, moved or deleted"
+    )

@@ -1,0 +1,127 @@
+"""Export a search's winner: its best checkpoint, one test evaluation, a bundle, the registry.
+
+:func:`export_winner` takes the winner's best checkpoint (:mod:`~mrnet_ray.export.checkpoints`),
+evaluates it once on the test split (:mod:`~mrnet_ray.export.evaluate`), writes the bundle
+(:mod:`~mrnet_ray.export.bundle`) with ``metrics.json``, ``confusion_matrix.png`` and
+``MODEL_CARD.md`` (:mod:`~mrnet_ray.export.card`), and registers it
+(:mod:`~mrnet_ray.export.champion`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mrnet_ray
+from mrnet_ray import storage, tracking
+from mrnet_ray.config import TrialConfig
+from mrnet_ray.errors import UserError
+from mrnet_ray.export.bundle import export_bundle
+from mrnet_ray.export.candidates import Candidate
+from mrnet_ray.export.card import CardFacts, render_card
+from mrnet_ray.export.champion import register
+from mrnet_ray.export.checkpoints import best_checkpoint
+from mrnet_ray.export.evaluate import class_report, evaluate_test, held_out_metrics, held_out_report
+from mrnet_ray.export.plots import confusion_matrix_png
+from mrnet_ray.nn import model_cost
+from mrnet_ray.shards import Prepared, open_prepared
+from mrnet_ray.training.checkpoint import model_from_checkpoint
+from mrnet_ray.training.metrics import EvalStats
+
+
+def report_files(
+    name: str,
+    prepared: Prepared,
+    trial: TrialConfig,
+    state: dict[str, Any],
+    stats: EvalStats,
+    lineage: dict[str, Any],
+) -> dict[str, str | bytes]:
+    """``metrics.json``, ``confusion_matrix.png`` and ``MODEL_CARD.md`` of the bundle."""
+    labels = prepared.labels
+    test, cm = held_out_metrics(stats), stats.track_confusion
+    per_class = class_report(cm, labels)
+    valid = {k: v for k, v in state.get("metrics", {}).items() if k.startswith("valid_")}
+    cost = model_cost(trial.model, prepared.feature.segment_frames)
+    facts = CardFacts(
+        title=name, manifest=prepared.manifest, prepared=prepared.path, trial=trial.to_dict(),
+        valid=valid, test=test, per_class=per_class, lineage=lineage, params=cost.params,
+        flops=cost.flops,
+    )  # fmt: skip
+    metrics = {
+        "split": "test", "data_hash": prepared.content_hash,
+        "test": {**test, "tracks": len(stats.track_index), "segments": stats.segments},
+        "valid": valid, "per_class": per_class, "labels": list(labels),
+        "track_confusion": cm.tolist(), "params": cost.params, "flops": cost.flops,
+    }  # fmt: skip
+    return {
+        "metrics.json": json.dumps(metrics, indent=2) + "\n",
+        "confusion_matrix.png": confusion_matrix_png(
+            cm, labels, f"{name}: test tracks (n={int(cm.sum())})"
+        ),
+        "MODEL_CARD.md": render_card(facts),
+    }
+
+
+def export_winner(
+    search: dict[str, Any],
+    run_dir: Path,
+    winner: Candidate,
+    metric: str,
+    out: Path,
+    name: str,
+    alias: str,
+    uri: str | None,
+) -> Path:
+    """Export ``winner`` to ``out`` and, with a store ``uri``, register it; prints each step."""
+
+    train_run = storage.join(search["train_storage"], winner.trial_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        where, local, state = best_checkpoint(train_run, metric, Path(tmp))
+        model, trial, feature, labels = model_from_checkpoint(local)
+    prepared = open_prepared(search["data"])
+    prepared.check_features(feature)
+    if labels != prepared.labels:
+        raise UserError(
+            f"{search['data']}: its labels {list(prepared.labels)} differ from the checkpoint's "
+            f"{list(labels)}; export against the data the search trained on"
+        )
+    print(
+        f"\nexporting trial {winner.trial_id}: checkpoint {where} (epoch {state.get('epoch')}, "
+        f"{metric} {state.get('metrics', {}).get(metric, float('nan')):.4f})"
+    )
+    stats, example = evaluate_test(model, prepared)
+    test = held_out_metrics(stats)
+    print(held_out_report(stats, labels))
+    trial_run, recorded = winner.run_id, search.get("best") or {}
+    if trial_run is None and recorded.get("trial_id") == winner.trial_id:
+        trial_run = recorded.get("mlflow_run_id")  # ranked without MLflow; the search noted it
+    lineage = {
+        "search": search["name"],
+        "run_dir": str(run_dir),
+        "trial_id": winner.trial_id,
+        "epoch": state.get("epoch"),
+        "checkpoint": where,
+        "mlflow_trial_run_id": trial_run,
+        "tracking_uri": search["tracking_uri"],
+        "data_hash": prepared.content_hash,
+        "code_version": tracking.code_version(),
+        "mrnet_ray_version": mrnet_ray.__version__,
+        "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    extra = report_files(name, prepared, trial, state, stats, lineage)
+    bundle = export_bundle(
+        out, model, trial, feature, labels,
+        metadata={"lineage": lineage, "test_metrics": test}, extra=extra,
+    )  # fmt: skip
+    print(f"bundle: {bundle} ({', '.join(sorted(p.name for p in bundle.iterdir()))})")
+    if uri is None:
+        print("MLflow unavailable: the bundle is written but not registered; export again "
+              "once the store is back")  # fmt: skip
+    else:
+        lines = register(uri, search, run_dir, bundle, model, example, name, alias, test, lineage)
+        print("\n".join(lines))
+    return bundle

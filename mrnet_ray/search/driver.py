@@ -1,0 +1,207 @@
+"""The search, start to end: plan it from the flags, check everything, run the Tuner, report.
+
+:func:`plan_search` turns what the user asked for into checked
+:class:`~mrnet_ray.search.settings.SearchSettings` (data, space, run directory, storage,
+tracking); :func:`resumed_search` reads them back from ``search.json``; :func:`run` checks the
+tracking server and the cluster, opens the MLflow search run, runs (or restores) the Tuner
+and writes the record, the reports and the closing summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from mrnet_ray import tracking
+from mrnet_ray.errors import UserError
+from mrnet_ray.search import outcomes as outcomes_mod
+from mrnet_ray.search import report, resources
+from mrnet_ray.search import trial as trial_mod
+from mrnet_ray.search import tuner as tuner_mod
+from mrnet_ray.search.record import (
+    check_resumable,
+    read_record,
+    record_path,
+    write_record,
+)
+from mrnet_ray.search.settings import OBJECTIVES, SearchSettings, default_name
+from mrnet_ray.search.space import load_space
+from mrnet_ray.search.spaces import resolve_space
+from mrnet_ray.shards import Prepared, open_prepared
+
+STORAGE_ENV = "MRNET_RAY_STORAGE"
+TAG_SPACE = "mrnet_ray.space"
+ORPHAN_REASON = "started just before the search was killed; Tune never saved this trial"
+
+
+def plan_search(
+    data: str,
+    space: str,
+    *,
+    name: str | None = None,
+    run_dir: str | None = None,
+    storage: str | None = None,
+    mlflow_uri: str | None = None,
+    scheduler: str | None = None,
+    **fields: Any,
+) -> tuple[SearchSettings, Prepared]:
+    """Settings of a new search, checking the data and the space file first.
+
+    ``fields`` are :class:`SearchSettings` fields (its defaults fill the rest); the run
+    directory defaults to ``runs/<name>``, the name to :func:`default_name`, the Ray results to
+    ``$MRNET_RAY_STORAGE`` else ``RUN_DIR/ray``, the scheduler to ASHA (FIFO for two metrics).
+    """
+    prepared = open_prepared(data)
+    space_path = resolve_space(space)
+    load_space(space_path)
+    dataset = prepared.manifest.get("dataset", "data")
+    name = name or default_name(space_path, dataset, prepared.content_hash)
+    run_path = Path(run_dir or Path("runs") / name).expanduser().resolve()
+    storage = storage or os.environ.get(STORAGE_ENV) or str(run_path / "ray")
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    objective = fields.get("objective", "acc")
+    multi = len(OBJECTIVES.get(objective, ())) > 1
+    settings = SearchSettings(
+        name=name,
+        data=prepared.path,
+        space=str(space_path),
+        run_dir=str(run_path),
+        storage=storage,
+        tracking_uri=tracking.resolve_tracking_uri(mlflow_uri, run_path),
+        scheduler=scheduler or ("fifo" if multi else "asha"),  # type: ignore[arg-type]
+        **fields,
+    )
+    return settings, prepared
+
+
+def locate_run_dir(
+    run_dir: str | None, name: str | None, data: str | None, space: str | None
+) -> Path:
+    """The run directory ``--resume`` means: given, or ``runs/<name>``, or the default name of
+    the data and space the search started with."""
+    if run_dir:
+        return Path(run_dir).expanduser().resolve()
+    if name:
+        return Path("runs", name).resolve()
+    if data and space:
+        prepared = open_prepared(data)
+        dataset = prepared.manifest.get("dataset", "data")
+        return Path(
+            "runs", default_name(resolve_space(space), dataset, prepared.content_hash)
+        ).resolve()
+    raise UserError("--resume needs --run-dir DIR (or the --data and --space it started with)")
+
+
+def resumed_search(run_dir: Path) -> tuple[SearchSettings, Prepared]:
+    """The saved settings of the search in ``run_dir``, checked to be resumable."""
+    if not record_path(run_dir).is_file():
+        raise UserError(
+            f"nothing to resume: {record_path(run_dir)} does not exist; start the search "
+            "without --resume"
+        )
+    record = read_record(run_dir)
+    check_resumable(record, run_dir)
+    settings = SearchSettings.from_dict(record)
+    prepared = open_prepared(settings.data)
+    load_space(settings.space)
+    return settings, prepared
+
+
+def run(settings: SearchSettings, prepared: Prepared, *, resume: bool) -> int:
+    """Check everything, run (or continue) the search, report; returns the exit status."""
+    space = load_space(settings.space)
+    tracking.check_reachable(settings.tracking_uri)
+    experiment_exists = tune.Tuner.can_restore(settings.experiment_path)
+    if resume and not experiment_exists:
+        raise UserError(
+            f"nothing to resume: no Tune experiment at {settings.experiment_path} (the search "
+            "stopped before its first trial); start it again without --resume"
+        )
+    if not resume and record_path(settings.run_dir).is_file():  # the run dir's own search,
+        earlier = read_record(settings.run_dir).get("experiment_path", "")  # wherever it went
+        experiment_exists |= bool(earlier) and tune.Tuner.can_restore(earlier)
+    if not resume and experiment_exists:
+        raise UserError(
+            f"{settings.run_dir} already holds a search; continue it with --resume, "
+            "or pick another --run-dir (or --name)"
+        )
+    if not resume:
+        tuner_mod.drop_stale_study(settings)
+    resources.init_ray()
+    capacity = resources.cluster_capacity()
+    needs = resources.trial_needs(settings.resources, settings.trial_cpus)
+    resources.check_feasible(needs, capacity)
+    if not settings.max_concurrent:
+        settings = dataclasses.replace(
+            settings, max_concurrent=resources.default_concurrency(needs, capacity)
+        )
+
+    run_dir = Path(settings.run_dir)
+    where = tracking.setup_tracking(settings.tracking_uri, run_dir, settings.experiment)
+    tags = tracking.run_tags(prepared.content_hash) | {TAG_SPACE: Path(settings.space).stem}
+    parent = tracking.start_search_run(
+        where, settings.name, key=settings.experiment_path, tags=tags
+    )
+    write_record(
+        settings, status="RUNNING", experiment_id=where.experiment_id, parent_run_id=parent
+    )
+    params = {
+        k: v
+        for k, v in settings.to_dict().items()
+        if k not in ("run_dir", "tracking_uri", "experiment", "resources")
+    } | {f"resources.{k}": v for k, v in settings.resources.to_dict().items()}
+    tracking.log_search_details(where, parent, params, [Path(settings.space)])
+
+    n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
+    to_trial = functools.partial(space.to_trial, n_mels=n_mels, n_classes=n_classes)
+    trainable = trial_mod.trainable(settings, space, n_mels, n_classes)
+    # The new output engine ignores progress_reporter and picks its own first four metrics.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if resume:
+        tuner = tuner_mod.restore_tuner(settings, trainable)
+    else:
+        callback = tracking.MLflowTrialCallback(where, parent, to_trial, tags=tags)
+        tuner = tuner_mod.make_tuner(settings, space, trainable, [callback])
+    started = time.monotonic()
+    try:
+        tuner.fit()
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        tracking.end_search_run(where, parent, status, error=f"{type(e).__name__}: {e}")
+        write_record(settings, status=status)
+        raise
+    wall_s = time.monotonic() - started
+
+    outcomes = outcomes_mod.collect(settings.experiment_path, to_trial)
+    counts = outcomes_mod.counts(outcomes)
+    interrupted = counts["unfinished"] > 0
+    files, notes = report.write_reports(settings, outcomes, interrupted)
+    best = outcomes_mod.best_trial(outcomes)
+    best_record = report.best_record(settings, where, parent, best, to_trial)
+    old = read_record(run_dir)
+    status = "KILLED" if interrupted else "FINISHED"
+    write_record(
+        settings,
+        status=status,
+        wall_s=round(old.get("wall_s", 0.0) + wall_s, 1),
+        trials=counts,
+        best=best_record,
+        pareto=[o.trial_id for o in files.pop("front", [])],
+    )
+    if not interrupted:
+        orphans = tracking.end_orphaned_trial_runs(
+            where, parent, {o.trial_id for o in outcomes}, ORPHAN_REASON
+        )
+        if orphans:
+            notes.append(f"{orphans} MLflow trial run(s) of trials Tune never saved ended KILLED")
+    tracking.log_search_details(where, parent, files=list(files.values()))
+    tracking.end_search_run(where, parent, status)
+    print(report.summary(settings, where, parent, outcomes, wall_s, notes))
+    return 130 if interrupted else 0

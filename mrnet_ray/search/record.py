@@ -1,0 +1,85 @@
+"""``<run-dir>/search.json``: the one record of a search, its only writer and its checks.
+
+It holds the :class:`~mrnet_ray.search.settings.SearchSettings` a search started with, where
+its results, study and MLflow runs are, its status (RUNNING, FINISHED, KILLED, FAILED), its
+trial counts and its best trial. ``tune --resume``, ``best``, ``ui`` and ``make demo`` read it
+through :func:`read_record`; every write goes through :func:`write_record`.
+
+``format`` 2 is the package layout in which Tune's pickled state names ``mrnet_ray.search.*``
+modules; a search recorded without it was started by an earlier layout and cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mrnet_ray
+from mrnet_ray.errors import UserError
+from mrnet_ray.search.settings import SearchSettings
+from mrnet_ray.storage import write_atomic
+
+RECORD = "search.json"
+FORMAT = 2
+"""Version of the record and of the module layout that Tune's pickled state names."""
+REQUIRED = ("name", "data", "tracking_uri", "experiment", "experiment_path", "train_storage")
+
+
+def record_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RECORD
+
+
+def read_record(run_dir: str | Path, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
+    """The record in ``run_dir``; UserError if it is missing, not JSON or lacks a ``required``
+    key (by default, what ``best`` and ``--resume`` need)."""
+    path = record_path(run_dir)
+    if not path.is_file():
+        raise UserError(
+            f"{path}: no such file; --run-dir must be the run directory of a search "
+            "(python -m mrnet_ray.tune ... --run-dir DIR)"
+        )
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); it is written by mrnet_ray.tune") from None
+    missing = [k for k in required if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; it is written by mrnet_ray.tune")
+    return record
+
+
+def check_resumable(record: dict[str, Any], run_dir: str | Path) -> None:
+    """UserError unless the search was started by this module layout (its Tune state names
+    the modules it pickled)."""
+    if record.get("format") != FORMAT:
+        raise UserError(
+            f"{record_path(run_dir)}: this search was started by an older mrnet_ray whose "
+            "modules have since moved, so its saved Tune state cannot be loaded; start it "
+            "again in a new --run-dir (best can still rank and export it)"
+        )
+
+
+def status(run_dir: str | Path) -> str:
+    """The recorded status, or ``none`` when there is no readable record."""
+    try:
+        return str(read_record(run_dir).get("status", "none"))
+    except UserError:
+        return "none"
+
+
+def write_record(settings: SearchSettings, **extra: Any) -> Path:
+    """``<run-dir>/search.json``: the settings and where everything went, merged over what an
+    earlier session of the same search wrote; replaced atomically."""
+    path = record_path(settings.run_dir)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    places = {
+        "experiment_path": settings.experiment_path,
+        "train_storage": settings.train_storage,
+        "journal": str(settings.journal),
+        "study_name": settings.name,
+        "mrnet_ray_version": mrnet_ray.__version__,
+        "format": FORMAT,
+    }
+    record = old | settings.to_dict() | places | extra
+    return write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")

@@ -1,0 +1,144 @@
+"""The search's Tuner: Optuna as the searcher (its study in a journal file), ASHA or FIFO,
+the trial table, and restoring an interrupted search."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from mrnet_ray.config import TrainConfig
+from mrnet_ray.search.settings import METRIC, SearchSettings
+from mrnet_ray.search.space import SearchSpace
+from mrnet_ray.search.specs import Fixed, values
+
+
+def max_epochs(space: SearchSpace) -> int:
+    """The most epochs a trial of ``space`` trains (ASHA's ``max_t``)."""
+    spec = space.fields["train"].get("epochs", Fixed(TrainConfig().epochs))
+    return int(max(values(spec)))
+
+
+def journal_storage(path: Path) -> optuna.storages.JournalStorage:
+    """The Optuna study's storage: a journal file (``optuna-dashboard FILE`` reads it)."""
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def drop_stale_study(settings: SearchSettings) -> None:
+    """Delete the study of a new search's name if the journal already has one: it is left from
+    a start that failed before its first trial, and would hand its queued default point on."""
+    if not settings.journal.exists():
+        return
+    storage = journal_storage(settings.journal)
+    if settings.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        optuna.delete_study(study_name=settings.name, storage=storage)
+
+
+def make_searcher(settings: SearchSettings, space: SearchSpace) -> OptunaSearch:
+    """Optuna over the space's define-by-run function; the first trial is the paper-like
+    default; the study lives in the journal file beside the run."""
+    with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = (
+            optuna.samplers.TPESampler(
+                seed=settings.seed, multivariate=True, group=True, constant_liar=True
+            )
+            if settings.searcher == "tpe"
+            else optuna.samplers.RandomSampler(seed=settings.seed)
+        )
+    metrics = settings.metrics
+    return OptunaSearch(
+        space=space.define_by_run,
+        metric=metrics[0] if len(metrics) == 1 else list(metrics),
+        mode=settings.modes[0] if len(metrics) == 1 else list(settings.modes),
+        points_to_evaluate=[space.default_point()],
+        sampler=sampler,
+        study_name=settings.name,
+        # A file path and offsets: it pickles with the searcher into Tune's experiment state
+        # and reads the journal again after a restore.
+        storage=journal_storage(settings.journal),
+    )
+
+
+def make_scheduler(settings: SearchSettings, space: SearchSpace) -> TrialScheduler:
+    """ASHA on the epoch count (not Tune's iteration, which restarts with a resumed trial), or
+    FIFO; short searches get a grace period of 1 epoch and halving, long ones 2 and thirds."""
+    if settings.scheduler == "fifo":
+        return FIFOScheduler()
+    top = max_epochs(space)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=top,
+        grace_period=1 if top < 10 else 2,
+        reduction_factor=2 if top < 10 else 3,
+    )
+
+
+def make_reporter(settings: SearchSettings, space: SearchSpace) -> tune.CLIReporter:
+    """The trial table: accuracy, loss and size columns, and the first few drawn parameters."""
+    single = len(settings.metrics) == 1
+    return tune.CLIReporter(
+        metric_columns={
+            "epoch": "epoch",
+            METRIC: "track acc",
+            "valid_loss": "valid loss",
+            "params": "params",
+        },
+        parameter_columns=list(space.default_point())[:4],
+        max_report_frequency=30,
+        sort_by_metric=single,  # by TuneConfig's metric and mode
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """``mrnet_trial_<id>``: Tune's default appends every drawn parameter to the name."""
+    return f"mrnet_trial_{trial.trial_id}"
+
+
+def make_tuner(
+    settings: SearchSettings,
+    space: SearchSpace,
+    trainable_: Any,
+    callbacks: list[tune.Callback],
+) -> tune.Tuner:
+    single = len(settings.metrics) == 1
+    return tune.Tuner(
+        trainable_,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(settings, space),
+            scheduler=make_scheduler(settings, space),
+            metric=METRIC if single else None,
+            mode="max" if single else None,
+            num_samples=settings.num_samples,
+            max_concurrent_trials=settings.max_concurrent,
+            time_budget_s=settings.time_budget_s,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.storage,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            progress_reporter=make_reporter(settings, space),
+            verbose=2,
+        ),
+    )
+
+
+def restore_tuner(settings: SearchSettings, trainable_: Any) -> tune.Tuner:
+    """Continue an interrupted search: Tune brings back the pickled searcher (with its Optuna
+    journal), scheduler and MLflow callback; unfinished trials resume from their Train
+    checkpoints. Errored trials stay errored: they were already retried ``max_failures`` times,
+    and a deterministic error would only repeat."""
+    return tune.Tuner.restore(
+        settings.experiment_path,
+        trainable_,
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )

@@ -1,0 +1,139 @@
+"""Open a prepared directory (``python -m mrnet_ray.prepare`` writes it) and read its splits.
+
+``DIR/manifest.json`` plus ``DIR/<split>/*.parquet`` with one row per segment: ``track_id``,
+``track_index``, ``segment``, ``label``, ``label_name``, ``split`` and ``mel`` (a float32
+``(n_mels, frames)`` tensor). ``DIR`` may be a local path or an object-store URI
+(``s3://bucket/prefix``): everything goes through ``pyarrow.fs``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mrnet_ray import storage
+from mrnet_ray.config import FeatureConfig
+from mrnet_ray.errors import UserError
+from mrnet_ray.shards.manifest import FORMAT, MANIFEST
+
+__all__ = ["Prepared", "SplitArrays", "open_prepared"]
+
+COLUMNS = ("track_id", "track_index", "segment", "label", "label_name", "split", "mel")
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split in memory, rows sorted by ``(track_index, segment)``."""
+
+    mel: np.ndarray
+    """float32 ``(n, n_mels, frames)``."""
+    label: np.ndarray
+    """int64 ``(n,)``."""
+    track_index: np.ndarray
+    """int64 ``(n,)``: segments of one track share it (for track-level scores)."""
+    track_id: list[str]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An opened prepared directory."""
+
+    path: str
+    """The directory as given (local path or URI)."""
+    manifest: dict[str, Any]
+    feature: FeatureConfig
+    labels: tuple[str, ...]
+    content_hash: str
+
+    def check_features(self, expected: FeatureConfig) -> None:
+        """UserError naming the fields where this directory's settings differ from ``expected``."""
+        ours, theirs = self.feature.to_dict(), expected.to_dict()
+        diff = [k for k in ours if ours[k] != theirs[k]]
+        if diff:
+            pairs = ", ".join(f"{k}: prepared {ours[k]!r}, asked {theirs[k]!r}" for k in diff)
+            raise UserError(
+                f"{self.path}: prepared with other feature settings ({pairs}); re-run prepare "
+                "with those settings into another --out, or drop the differing flags"
+            )
+
+    def segments(self, split: str) -> int:
+        return int(self.manifest["counts"].get(split, {}).get("segments", 0))
+
+    def ray_datasets(self, splits: Sequence[str] = ("train", "valid")) -> dict[str, Any]:
+        """``{split: ray.data.Dataset}`` read lazily from the shards (needs Ray)."""
+        import ray.data
+
+        fs, path, _ = storage.resolve(self.path)
+        out = {}
+        for split in splits:
+            if self.segments(split) == 0:
+                raise UserError(
+                    f"{self.path}: split {split!r} holds no segments; re-run prepare with a "
+                    "split mode or fractions that put tracks there"
+                )
+            out[split] = ray.data.read_parquet(f"{path}/{split}", filesystem=fs)
+        return out
+
+    def read_arrays(self, split: str) -> SplitArrays:
+        """One split as numpy arrays, without Ray (evaluation, benchmarks, tests)."""
+        fs, path, _ = storage.resolve(self.path)
+        n_mels, frames = self.feature.n_mels, self.feature.segment_frames
+        files = sorted(
+            info.path
+            for info in fs.get_file_info(pafs.FileSelector(f"{path}/{split}", allow_not_found=True))
+            if info.path.endswith(".parquet")
+        )
+        if not files:
+            return SplitArrays(
+                np.empty((0, n_mels, frames), np.float32),
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                [],
+            )
+        table = pa.concat_tables(
+            pq.read_table(f, filesystem=fs, columns=list(COLUMNS)) for f in files
+        )
+        table = table.sort_by([("track_index", "ascending"), ("segment", "ascending")])
+        mel = table.column("mel").combine_chunks()
+        if isinstance(mel, pa.ExtensionArray):  # Ray's tensor type, when ray.data is imported
+            mel = mel.storage
+        values = mel.flatten().to_numpy(zero_copy_only=False)
+        return SplitArrays(
+            mel=values.astype(np.float32, copy=False).reshape(len(table), n_mels, frames),
+            label=table.column("label").to_numpy().astype(np.int64),
+            track_index=table.column("track_index").to_numpy().astype(np.int64),
+            track_id=table.column("track_id").to_pylist(),
+        )
+
+
+def open_prepared(path: str | os.PathLike[str]) -> Prepared:
+    """Open ``path``; UserError if it is missing, incomplete or of another format."""
+    fs, inner, uri = storage.resolve(path)
+    manifest = storage.read_json(fs, f"{inner}/{MANIFEST}")
+    if not isinstance(manifest, dict):
+        state = (
+            "does not exist"
+            if fs.get_file_info(inner).type == pafs.FileType.NotFound
+            else (f"has no readable {MANIFEST} (incomplete or not a prepared directory)")
+        )
+        raise UserError(f"{uri}: {state}; run `mrnet-ray prepare --out {uri} ...` first")
+    if manifest.get("format") != FORMAT:
+        raise UserError(
+            f"{uri}: prepared-data format {manifest.get('format')!r}, this version reads "
+            f"{FORMAT}; re-run prepare with --force"
+        )
+    try:
+        feature = FeatureConfig.from_dict(manifest["feature"])
+        labels = tuple(manifest["labels"])
+        digest = str(manifest["content_hash"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{uri}/{MANIFEST}: malformed ({e}); re-run prepare --force") from None
+    local = isinstance(fs, pafs.LocalFileSystem)
+    return Prepared(inner if local else uri, manifest, feature, labels, digest)
