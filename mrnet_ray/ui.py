@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from mrnet_ray.errors import cli
+from mrnet_ray.search.record import tracking_store
 from mrnet_ray.tracking.server import serve_ui
 
 
@@ -27,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    serve_ui(Path(args.run_dir).expanduser().resolve(), args.port)
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    uri, experiment_id = tracking_store(run_dir)
+    serve_ui(run_dir, uri, experiment_id, args.port)
 
 
 if __name__ == "__main__":

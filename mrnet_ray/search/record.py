@@ -60,6 +60,17 @@ def check_resumable(record: dict[str, Any], run_dir: str | Path) -> None:
         )
 
 
+def tracking_store(run_dir: str | Path) -> tuple[str, str | None]:
+    """``(tracking URI, experiment id or None)`` the search in ``run_dir`` logged to: its
+    record's, else the default local store of a run directory."""
+    if record_path(run_dir).is_file():
+        saved = read_record(run_dir, required=("tracking_uri",))
+        return saved["tracking_uri"], saved.get("experiment_id")
+    from mrnet_ray.tracking.store import resolve_tracking_uri  # MLflow loads only here
+
+    return resolve_tracking_uri(None, Path(run_dir), env={}), None
+
+
 def status(run_dir: str | Path) -> str:
     """The recorded status, or ``none`` when there is no readable record."""
     try:

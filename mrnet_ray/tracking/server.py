@@ -1,8 +1,7 @@
 """The MLflow UI on a search's local tracking store: start ``mlflow server``, wait, stop.
 
-The server runs on 127.0.0.1 against the store the search in a run directory logged to (its
-``search.json``, else the default local store of :mod:`mrnet_ray.tracking.store`), in its own
-process group so stopping it stops its workers too.
+The server runs on 127.0.0.1 against the store a search logged to, in its own process group
+so stopping it stops its workers too.
 """
 
 from __future__ import annotations
@@ -17,19 +16,10 @@ import urllib.request
 from pathlib import Path
 
 from mrnet_ray.errors import UserError
-from mrnet_ray.search.record import read_record, record_path
-from mrnet_ray.tracking.store import is_remote, resolve_tracking_uri
+from mrnet_ray.tracking.store import is_remote
 
 START_TIMEOUT_S = 120.0
 """``mlflow server`` answers about 10 s after start on an idle machine; allow for a busy one."""
-
-
-def store_of(run_dir: Path) -> tuple[str, str | None]:
-    """``(tracking URI, experiment id or None)`` of the search in ``run_dir``."""
-    if record_path(run_dir).is_file():
-        saved = read_record(run_dir, required=("tracking_uri",))
-        return saved["tracking_uri"], saved.get("experiment_id")
-    return resolve_tracking_uri(None, run_dir, env={}), None
 
 
 def _port_free(port: int) -> bool:
@@ -54,9 +44,9 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
     raise UserError(f"mlflow server did not answer at {url} within {timeout_s:.0f} s")
 
 
-def serve_ui(run_dir: Path, port: int) -> None:
-    """Serve the MLflow UI of the search in ``run_dir`` on 127.0.0.1:``port`` until Ctrl-C."""
-    uri, experiment_id = store_of(run_dir)
+def serve_ui(run_dir: Path, uri: str, experiment_id: str | None, port: int) -> None:
+    """Serve the MLflow UI of store ``uri`` (the search in ``run_dir`` logged to it) on
+    127.0.0.1:``port`` until Ctrl-C, opening on ``experiment_id``'s runs."""
     if is_remote(uri):
         print(f"the search in {run_dir} logged to the tracking server {uri}; open it there")
         return
