@@ -1,9 +1,10 @@
-"""Architecture search: Ray Tune trials of Ray Train runs, drawn by Optuna, recorded in MLflow.
+"""Architecture search: Ray Tune trials drawn by Optuna, recorded in MLflow.
 
     python -m mrnet_ray.tune --data DIR|s3://... [--space smoke|demo|mrnet|FILE.yaml]
         [--num-samples N] [--time-budget S] [--scheduler asha|fifo] [--searcher tpe|random]
         [--objective acc|acc-params|acc-flops] [--workers N --cpus-per-worker C
-        --gpus-per-worker G] [--run-dir DIR] [--storage PATH|s3://...] [--mlflow-uri URI]
+        --gpus-per-worker G] [--trial-executor auto|train|tune] [--run-dir DIR]
+        [--storage PATH|s3://...] [--mlflow-uri URI]
     python -m mrnet_ray.tune --resume --run-dir DIR
 
 Also ``ray submit cluster/gpu.yaml mrnet_ray/tune.py -- ARGS``, which copies this file alone
@@ -36,7 +37,7 @@ from mrnet_ray.search.spaces import DEFAULT_SPACE
 
 SMOKE = {"num_samples": 2, "space": "smoke"}
 KNOBS = ("num_samples", "trial_cpus", "searcher", "seed", "objective", "max_failures",
-         "experiment", "max_concurrent")  # fmt: skip
+         "experiment", "max_concurrent", "trial_executor")  # fmt: skip
 """Flags that are SearchSettings fields of the same name."""
 RESUME_FLAGS = ("resume", "run_dir", "name", "data", "space")
 
@@ -53,10 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help=f"trials (default {d['num_samples']})")
     p.add_argument("--time-budget", type=float, help="stop the search after this many seconds")
     p.add_argument("--max-concurrent", type=int, help="default: what the cluster fits")
-    p.add_argument("--workers", type=int, help="Ray Train workers per trial (default 2; 1 on GPU)")
-    p.add_argument("--cpus-per-worker", type=float, help="default 0.4 (4 with GPUs)")
+    p.add_argument("--workers", type=int, help="workers per trial (default 1; more: DDP)")
+    p.add_argument("--cpus-per-worker", type=float, help="default 1 (4 with GPUs)")
     p.add_argument("--gpus-per-worker", type=float, help="default 0; 1 on GPU clusters")
-    p.add_argument("--trial-cpus", type=float, help=f"trial driver CPU (default {d['trial_cpus']})")
+    p.add_argument(
+        "--trial-executor", choices=["auto", "train", "tune"],
+        help="tune: a trial trains in its own process; train: through Ray Train; "
+        "auto (default): tune for one worker, train for DDP",
+    )  # fmt: skip
+    p.add_argument(
+        "--trial-cpus", type=float,
+        help=f"CPU of a trial driving Ray Train (default {d['trial_cpus']})",
+    )  # fmt: skip
     p.add_argument("--scheduler", choices=["asha", "fifo"], help="default asha (fifo: 2 metrics)")
     p.add_argument("--searcher", choices=["tpe", "random"], help="Optuna sampler (default tpe)")
     p.add_argument("--seed", type=int, help=f"sampler seed (default {d['seed']})")

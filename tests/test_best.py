@@ -119,7 +119,8 @@ def test_export_evaluates_the_best_checkpoint_once_on_test(search, exported, tin
     lineage = b.metadata["lineage"]
     assert lineage["trial_id"] == table_rows(printed)[0][1]
     assert lineage["data_hash"] == open_prepared(tiny_prepared).content_hash
-    assert Path(lineage["checkpoint"]).parent.name == lineage["trial_id"]
+    # the winner's own checkpoint, in the Tune trial that trained it (one worker per trial)
+    assert Path(lineage["checkpoint"]).parent.name == f"mrnet_trial_{lineage['trial_id']}"
     metrics = json.loads((bundle_dir / "metrics.json").read_text())
     prepared = open_prepared(tiny_prepared)
     stats, _ = evaluate.evaluate_test(b.model, prepared)  # the bundle's weights: the same numbers

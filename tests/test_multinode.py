@@ -240,5 +240,5 @@ def test_search_job_trains_every_trial_on_both_nodes(tiny_prepared, tmp_path):
     )
     assert len(runs) == 2 and {r.status for r in runs} == {"FINISHED"}
     assert all(0.0 <= r.metrics["valid_track_acc"] <= 1.0 for r in runs)
-    best_run = Path(search["best"]["train_run"])
+    best_run = Path(search["best"]["checkpoints"])  # DDP trials: their Ray Train runs
     assert list(best_run.glob("epoch_*/state.pt")), f"no checkpoint in {best_run}"

@@ -100,6 +100,7 @@ def test_search_keeps_results_and_checkpoints_in_the_bucket(
     experiment = storage.join(root, search["name"])
     assert search["status"] == "FINISHED" and search["trials"]["failed"] == 0
     assert (search["data"], search["storage"]) == (s3_prepared, root)
+    assert search["executor"] == "train"  # two workers per trial: DDP through Ray Train
     assert search["experiment_path"] == experiment
     assert not (run_dir / "ray").exists(), "Ray results went to the run dir, not the bucket"
     files = _files(experiment)
@@ -110,7 +111,7 @@ def test_search_keeps_results_and_checkpoints_in_the_bucket(
     for trial in trials:
         assert any(f.startswith(f"train/{trial}/epoch_") and f.endswith("/state.pt") for f in files)
     best = search["best"]
-    assert best["train_run"] == storage.join(experiment, "train", best["trial_id"])
+    assert best["checkpoints"] == storage.join(experiment, "train", best["trial_id"])  # DDP
 
     # `best` takes the winner's checkpoint from the bucket and exports it.
     capsys.readouterr()

@@ -81,6 +81,10 @@ def test_bad_inputs_fail_in_one_line(tiny_prepared, tmp_path, capsys, ray_sessio
     assert "one trial needs 4.2 CPU, 0 GPU" in err and "the cluster has 2 CPU" in err
     err = fails_in_one_line(capsys, [*data, "--objective", "acc-params", "--scheduler", "asha"])
     assert "ASHA" in err
+    err = fails_in_one_line(
+        capsys, [*data, "--space", "smoke", "--workers", "2", "--trial-executor", "tune"]
+    )
+    assert "--trial-executor tune trains each trial in its own process" in err
     err = fails_in_one_line(capsys, ["--resume", "--run-dir", str(tmp_path / "none")])
     assert err.startswith("error: nothing to resume")
     assert not (tmp_path / "run").exists()  # nothing was started
@@ -95,9 +99,9 @@ def test_capacity_counts_the_nodes_an_autoscaler_may_add(ray_session, tmp_path):
     )
     capacity = resources.cluster_capacity(bootstrap)
     assert capacity == {"CPU": 72.0, "GPU": 8.0}
-    needs = resources.trial_needs(ResourcesConfig.gpu(), trial_cpus=0.2)
+    needs = resources.trial_needs(ResourcesConfig.gpu(), 0.2, "tune")  # one GPU, trains itself
     resources.check_feasible(needs, capacity)
-    assert resources.default_concurrency(needs, capacity) == 8  # one trial per GPU node
+    assert resources.default_concurrency(needs, capacity, reserve=0.0) == 8  # one per GPU node
     assert resources.cluster_capacity(tmp_path / "none.yaml") == {"CPU": 2.0, "GPU": 0.0}
 
 

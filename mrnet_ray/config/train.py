@@ -134,15 +134,17 @@ def _flat_value(value: Any) -> str | int | float:
 
 @dataclass(frozen=True)
 class ResourcesConfig(Config):
-    """Ray Train resources of one run. Defaults fit a 2-core machine; use ``gpu()`` on clusters.
+    """The workers of one run or trial. The default is one worker of one CPU with one torch
+    thread (a 2-core machine trains two trials at once); ``gpu()`` is one GPU per worker.
 
-    Fractional CPUs matter on small machines: a trial driver plus two whole-CPU workers
-    deadlock on 2 cores, while 0.4-CPU workers leave room for Ray Data's read tasks.
+    Several workers are DDP ranks under Ray Train: worth it for a model or data too large for
+    one device. Fractional CPUs let them share a small machine: a trial driver plus two
+    whole-CPU workers deadlock on 2 cores, while 0.4-CPU workers leave room for the rest.
     """
 
-    num_workers: int = 2
-    """Ray Train workers (DDP ranks)."""
-    cpus_per_worker: float = 0.4
+    num_workers: int = 1
+    """Workers (DDP ranks); one trains in the trial's own process, more through Ray Train."""
+    cpus_per_worker: float = 1.0
     """CPU resource of each worker (may be fractional)."""
     gpus_per_worker: float = 0.0
     """GPUs of each worker; > 0 trains on CUDA with NCCL, 0 on CPU with gloo."""
@@ -186,8 +188,8 @@ class ResourcesConfig(Config):
 
         >>> ResourcesConfig.from_flags(gpus_per_worker=1).cpus_per_worker
         4.0
-        >>> ResourcesConfig.from_flags(num_workers=1).cpus_per_worker
-        0.4
+        >>> ResourcesConfig.from_flags(num_workers=2, cpus_per_worker=0.4).threads
+        1
         """
         base = cls.gpu(num_workers or 1) if gpu or (gpus_per_worker or 0) > 0 else cls()
         flags = {

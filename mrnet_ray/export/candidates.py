@@ -64,8 +64,10 @@ class Candidate:
 
 
 def rank(candidates: Sequence[Candidate], metric: str) -> list[Candidate]:
-    """Best first; trials without a value last."""
-    return ranking.ranked(candidates, metric, lambda c: c.best_epoch(metric) or {})
+    """Best first; trials without a value last; trials equal in every respect by trial id, so
+    MLflow and Tune's results (which list trials in different orders) rank alike."""
+    by_id = sorted(candidates, key=lambda c: c.trial_id)
+    return ranking.ranked(by_id, metric, lambda c: c.best_epoch(metric) or {})
 
 
 class StoreUnavailable(Exception):

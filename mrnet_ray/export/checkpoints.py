@@ -1,8 +1,9 @@
 """A trial's checkpoints as Ray's ``Result`` API lists them, and the one an export takes.
 
-Ray Train keeps each trial's two best checkpoints by ``valid_track_acc`` and its latest
-(:func:`mrnet_ray.training.raytrain.make_trainer`); ``Result.from_path`` lists them with the
-metrics each one reported, locally or on object storage. The export takes the best of them by
+A trial keeps its two best checkpoints by ``valid_track_acc`` and its latest: in its Tune
+trial directory when it trained itself, in its Ray Train run otherwise. ``Result.from_path``
+(``ray.tune``'s or ``ray.train``'s) lists them with the metrics each one reported, locally or
+on object storage. The export takes the best of them by
 the ranking metric (:mod:`mrnet_ray.ranking`), as each checkpoint recorded it; a checkpoint
 that cannot be read (a truncated file) is skipped with a note, and the next one is taken.
 """
@@ -18,15 +19,19 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.training.checkpoint import STATE_FILE, load_checkpoint
 
 
-def kept_checkpoints(train_run: str) -> list[tuple[Any, dict[str, Any]]]:
-    """``(ray.train.Checkpoint, metrics)`` of every checkpoint a Train run keeps."""
+def kept_checkpoints(location: str) -> list[tuple[Any, dict[str, Any]]]:
+    """``(Checkpoint, metrics)`` of every checkpoint a trial keeps at ``location`` (a Tune
+    trial directory or a Ray Train run)."""
     import ray.train
+    import ray.tune
 
+    tune_trial = Path(location.partition("?")[0]).name.startswith("mrnet_trial_")
+    reader = ray.tune.Result if tune_trial else ray.train.Result
     try:
-        result = ray.train.Result.from_path(train_run)
-    except (RuntimeError, FileNotFoundError, OSError) as e:
+        result = reader.from_path(location)
+    except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:
         raise UserError(
-            f"{train_run}: no Ray Train run there ({' '.join(str(e).split())[:200]}); the "
+            f"{location}: no trial results there ({' '.join(str(e).split())[:200]}); the "
             "trial never finished an epoch, or its Ray results were moved or deleted"
         ) from None
     kept = list(result.best_checkpoints or [])
@@ -36,12 +41,12 @@ def kept_checkpoints(train_run: str) -> list[tuple[Any, dict[str, Any]]]:
     return kept
 
 
-def best_checkpoint(train_run: str, metric: str, workdir: Path) -> tuple[str, Path, dict[str, Any]]:
+def best_checkpoint(location: str, metric: str, workdir: Path) -> tuple[str, Path, dict[str, Any]]:
     """The best readable kept checkpoint (module docstring): where, local path, its state."""
-    kept = ranking.ranked(kept_checkpoints(train_run), metric, lambda pair: pair[1])
+    kept = ranking.ranked(kept_checkpoints(location), metric, lambda pair: pair[1])
     for checkpoint, _ in kept:
         name = Path(checkpoint.path).name
-        where = storage.join(train_run, name)  # a URI's ?query stays at the end
+        where = storage.join(location, name)  # a URI's ?query stays at the end
         local = Path(checkpoint.path)
         if not local.is_dir():  # on object storage: fetch it
             local = Path(checkpoint.to_directory(str(workdir / name)))
@@ -50,6 +55,6 @@ def best_checkpoint(train_run: str, metric: str, workdir: Path) -> tuple[str, Pa
         except UserError as e:
             print(f"note: skipping checkpoint {where}: {e}", file=sys.stderr)
     raise UserError(
-        f"{train_run}: no readable checkpoint (none of {len(kept)} with {STATE_FILE}); the trial "
+        f"{location}: no readable checkpoint (none of {len(kept)} with {STATE_FILE}); the trial "
         "never finished an epoch, or its Ray results were damaged, moved or deleted"
     )

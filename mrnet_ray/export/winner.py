@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mrnet_ray
-from mrnet_ray import storage, tracking
+from mrnet_ray import tracking
 from mrnet_ray.config import TrialConfig
 from mrnet_ray.errors import UserError
 from mrnet_ray.export.bundle import export_bundle
@@ -27,6 +27,7 @@ from mrnet_ray.export.checkpoints import best_checkpoint
 from mrnet_ray.export.evaluate import class_report, evaluate_test, held_out_metrics, held_out_report
 from mrnet_ray.export.plots import confusion_matrix_png
 from mrnet_ray.nn import model_cost
+from mrnet_ray.search.record import trial_location
 from mrnet_ray.shards import Prepared, open_prepared
 from mrnet_ray.training.checkpoint import model_from_checkpoint
 from mrnet_ray.training.metrics import EvalStats
@@ -78,7 +79,7 @@ def export_winner(
 ) -> Path:
     """Export ``winner`` to ``out`` and, with a store ``uri``, register it; prints each step."""
 
-    train_run = storage.join(search["train_storage"], winner.trial_id)
+    train_run = trial_location(search, winner.trial_id)
     with tempfile.TemporaryDirectory() as tmp:
         where, local, state = best_checkpoint(train_run, metric, Path(tmp))
         model, trial, feature, labels = model_from_checkpoint(local)

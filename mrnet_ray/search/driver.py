@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from mrnet_ray.search.settings import OBJECTIVES, SearchSettings, default_name
 from mrnet_ray.search.space import load_space
 from mrnet_ray.search.spaces import resolve_space
 from mrnet_ray.shards import Prepared, open_prepared
+from mrnet_ray.training.feed import share
 
 STORAGE_ENV = "MRNET_RAY_STORAGE"
 TAG_SPACE = "mrnet_ray.space"
@@ -114,9 +116,9 @@ def resumed_search(run_dir: Path) -> tuple[SearchSettings, Prepared]:
     return settings, prepared
 
 
-def run(settings: SearchSettings, prepared: Prepared, *, resume: bool) -> int:
-    """Check everything, run (or continue) the search, report; returns the exit status."""
-    space = load_space(settings.space)
+def _check_can_start(settings: SearchSettings, resume: bool) -> None:
+    """The tracking server answers, and the run directory holds this search (``--resume``)
+    or none yet."""
     tracking.check_reachable(settings.tracking_uri)
     experiment_exists = tune.Tuner.can_restore(settings.experiment_path)
     if resume and not experiment_exists:
@@ -132,16 +134,46 @@ def run(settings: SearchSettings, prepared: Prepared, *, resume: bool) -> int:
             f"{settings.run_dir} already holds a search; continue it with --resume, "
             "or pick another --run-dir (or --name)"
         )
+
+
+def _fit_to_cluster(settings: SearchSettings, in_memory: bool) -> SearchSettings:
+    """Check one trial fits the cluster; set ``max_concurrent`` to what fits when not given."""
+    capacity = resources.cluster_capacity()
+    needs = resources.trial_needs(settings.resources, settings.trial_cpus, settings.executor)
+    resources.check_feasible(needs, capacity)
+    if settings.max_concurrent:
+        return settings
+    reserve = 0.0 if in_memory else resources.DATA_CPU_RESERVE
+    fits = resources.default_concurrency(needs, capacity, reserve)
+    return dataclasses.replace(settings, max_concurrent=fits)
+
+
+def search_params(settings: SearchSettings, in_memory: bool) -> dict[str, Any]:
+    """The search run's MLflow params: its settings, how trials ran and where data came from."""
+    skip = ("run_dir", "tracking_uri", "experiment", "resources")
+    params = {k: v for k, v in settings.to_dict().items() if k not in skip}
+    params |= {f"resources.{k}": v for k, v in settings.resources.to_dict().items()}
+    return params | {"executor": settings.executor, "data_in_memory": in_memory}
+
+
+def run(
+    settings: SearchSettings,
+    prepared: Prepared,
+    *,
+    resume: bool,
+    callbacks: Sequence[tune.Callback] = (),
+) -> int:
+    """Check everything, run (or continue) the search, report; returns the exit status.
+
+    ``callbacks`` join the MLflow callback of a new search (a restored one brings back the
+    callbacks it started with)."""
+    space = load_space(settings.space)
+    _check_can_start(settings, resume)
     if not resume:
         tuner_mod.drop_stale_study(settings)
     resources.init_ray()
-    capacity = resources.cluster_capacity()
-    needs = resources.trial_needs(settings.resources, settings.trial_cpus)
-    resources.check_feasible(needs, capacity)
-    if not settings.max_concurrent:
-        settings = dataclasses.replace(
-            settings, max_concurrent=resources.default_concurrency(needs, capacity)
-        )
+    shared = share(prepared)  # read once, here, for every trial of the search
+    settings = _fit_to_cluster(settings, shared is not None)
 
     run_dir = Path(settings.run_dir)
     where = tracking.setup_tracking(settings.tracking_uri, run_dir, settings.experiment)
@@ -152,23 +184,19 @@ def run(settings: SearchSettings, prepared: Prepared, *, resume: bool) -> int:
     write_record(
         settings, status="RUNNING", experiment_id=where.experiment_id, parent_run_id=parent
     )
-    params = {
-        k: v
-        for k, v in settings.to_dict().items()
-        if k not in ("run_dir", "tracking_uri", "experiment", "resources")
-    } | {f"resources.{k}": v for k, v in settings.resources.to_dict().items()}
+    params = search_params(settings, shared is not None)
     tracking.log_search_details(where, parent, params, [Path(settings.space)])
 
     n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
     to_trial = functools.partial(space.to_trial, n_mels=n_mels, n_classes=n_classes)
-    trainable = trial_mod.trainable(settings, space, n_mels, n_classes)
+    trainable = trial_mod.trainable(settings, space, n_mels, n_classes, shared)
     # The new output engine ignores progress_reporter and picks its own first four metrics.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if resume:
         tuner = tuner_mod.restore_tuner(settings, trainable)
     else:
         callback = tracking.MLflowTrialCallback(where, parent, to_trial, tags=tags)
-        tuner = tuner_mod.make_tuner(settings, space, trainable, [callback])
+        tuner = tuner_mod.make_tuner(settings, space, trainable, [callback, *callbacks])
     started = time.monotonic()
     try:
         tuner.fit()
@@ -194,7 +222,15 @@ def run(settings: SearchSettings, prepared: Prepared, *, resume: bool) -> int:
         trials=counts,
         best=best_record,
         pareto=[o.trial_id for o in files.pop("front", [])],
+        data_in_memory=shared is not None,
     )
+    tune_status = {"completed": "TERMINATED", "early-stopped": "TERMINATED", "failed": "ERROR"}
+    mended = tracking.reconcile_trial_runs(
+        where, parent,
+        [(o.trial_id, tune_status.get(o.status, "RUNNING"), o.history, o.error) for o in outcomes],
+    )  # fmt: skip
+    if mended:
+        notes.append(f"MLflow runs of {len(mended)} trial(s) completed from Tune's results")
     if not interrupted:
         orphans = tracking.end_orphaned_trial_runs(
             where, parent, {o.trial_id for o in outcomes}, ORPHAN_REASON

@@ -46,6 +46,8 @@ class TrialOutcome:
     """The drawn parameters."""
     error: str = ""
     path: str = ""
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """Every epoch it reported: (Tune's timestamp in ms, the metrics), in order."""
 
     @property
     def accuracy(self) -> float | None:
@@ -67,18 +69,22 @@ def collect(
             max_epochs = 0
         frame = analysis.trial_dataframes.get(trial.trial_id)
         best: dict[str, float] = {}
+        history: list[tuple[int, dict[str, float]]] = []
         epochs = 0
         if frame is not None and METRIC in getattr(frame, "columns", ()):
             epochs = int(frame["epoch"].max())
-            rows = [
-                {
-                    k: v.item() if hasattr(v, "item") else v
-                    for k, v in row.items()
-                    if is_number(v) and k not in TUNE_KEYS and "/" not in k
-                }
+            history = [
+                (
+                    int(row.get("timestamp", 0) * 1000),
+                    {
+                        k: v.item() if hasattr(v, "item") else v
+                        for k, v in row.items()
+                        if is_number(v) and k not in TUNE_KEYS and "/" not in k
+                    },
+                )
                 for _, row in frame.iterrows()
             ]
-            best = ranking.best_of(rows) or {}
+            best = ranking.best_of(rows for _, rows in history) or {}
         error = ""
         if trial.status == "ERROR":
             status: Status = "failed"
@@ -87,11 +93,10 @@ def collect(
             status = "completed" if epochs >= max_epochs else "early-stopped"
         else:
             status = "unfinished"
-        outcomes.append(
-            TrialOutcome(
-                trial.trial_id, status, epochs, max_epochs, best, config, error, trial.path
-            )
+        outcome = TrialOutcome(
+            trial.trial_id, status, epochs, max_epochs, best, config, error, trial.path, history
         )
+        outcomes.append(outcome)
     return outcomes
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import mrnet_ray
 from mrnet_ray.errors import UserError
-from mrnet_ray.search.settings import SearchSettings
+from mrnet_ray.search.settings import SearchSettings, checkpoint_location
 from mrnet_ray.storage import write_atomic
 
 RECORD = "search.json"
@@ -60,6 +60,15 @@ def check_resumable(record: dict[str, Any], run_dir: str | Path) -> None:
         )
 
 
+def trial_location(record: dict[str, Any], trial_id: str) -> str:
+    """Where a recorded search's trial keeps its checkpoints (searches recorded before trials
+    trained themselves ran them all through Ray Train)."""
+    return checkpoint_location(
+        record.get("executor", "train"), record["experiment_path"], record["train_storage"],
+        trial_id,
+    )  # fmt: skip
+
+
 def tracking_store(run_dir: str | Path) -> tuple[str, str | None]:
     """``(tracking URI, experiment id or None)`` the search in ``run_dir`` logged to: its
     record's, else the default local store of a run directory."""
@@ -91,6 +100,7 @@ def write_record(settings: SearchSettings, **extra: Any) -> Path:
         "study_name": settings.name,
         "mrnet_ray_version": mrnet_ray.__version__,
         "format": FORMAT,
+        "executor": settings.executor,
     }
     record = old | settings.to_dict() | places | extra
     return write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")

@@ -28,7 +28,6 @@ from mrnet_ray.search.outcomes import (
 )
 from mrnet_ray.search.settings import SearchSettings
 from mrnet_ray.search.tuner import journal_storage
-from mrnet_ray.storage import join
 
 
 def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
@@ -155,7 +154,8 @@ def best_record(
     best: TrialOutcome | None,
     to_trial: Callable[[dict[str, Any]], TrialConfig],
 ) -> dict[str, Any] | None:
-    """The best trial as ``search.json`` keeps it: metrics, config, Train run, MLflow run."""
+    """The best trial as ``search.json`` keeps it: metrics, config, where its checkpoints are,
+    its MLflow run."""
     if best is None:
         return None
     runs = tracking.list_trial_runs(where.uri, settings.experiment, parent_run_id)
@@ -166,7 +166,7 @@ def best_record(
         "metrics": best.best,
         "config": best.config,
         "trial_config": to_trial(best.config).to_dict(),
-        "train_run": join(settings.train_storage, best.trial_id),
+        "checkpoints": settings.checkpoints(best.trial_id),
         "mlflow_run_id": next((r.run_id for r in runs if r.trial_id == best.trial_id), None),
     }
 
@@ -183,10 +183,15 @@ def summary(
     c = counts(outcomes)
     early = f", {c['early-stopped']} stopped early by ASHA" if settings.scheduler == "asha" else ""
     unfinished = f", {c['unfinished']} unfinished" if c["unfinished"] else ""
+    executor = (
+        "each trial trained in its own Tune trial process"
+        if settings.executor == "tune"
+        else f"each trial trained by Ray Train ({settings.resources.num_workers} workers)"
+    )
     lines = [
         "",
         f"search {settings.name}: {len(outcomes)} trials in {wall_s:.0f} s: "
-        f"{c['completed']} completed{early}, {c['failed']} failed{unfinished}",
+        f"{c['completed']} completed{early}, {c['failed']} failed{unfinished}; {executor}",
     ]
     best = best_trial(outcomes)
     if best is not None:

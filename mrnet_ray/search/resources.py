@@ -1,13 +1,17 @@
 """The cluster a search runs on: joining it, what it holds, and how many trials fit at once.
 
-A trial driven by Ray Train holds ``trial_cpus`` itself while its Train workers reserve their
-own resources, which Tune does not see, so the driver caps concurrency itself
-(:func:`default_concurrency`).
+A trial that trains itself holds its one worker's resources; a trial driven by Ray Train
+holds ``trial_cpus`` itself while its Train workers reserve their own resources, which Tune
+does not see, so the driver caps concurrency itself (:func:`default_concurrency`).
 
->>> trial_needs(ResourcesConfig(num_workers=2, cpus_per_worker=0.4), trial_cpus=0.2)
+>>> trial_needs(ResourcesConfig(num_workers=2, cpus_per_worker=0.4), 0.2, "train")
 {'CPU': 1.0, 'GPU': 0.0}
->>> default_concurrency({"CPU": 1.0, "GPU": 0.0}, {"CPU": 8.0})
+>>> trial_needs(ResourcesConfig(), 0.2, "tune")
+{'CPU': 1.0, 'GPU': 0.0}
+>>> default_concurrency({"CPU": 1.0, "GPU": 0.0}, {"CPU": 8.0}, reserve=1.0)
 7
+>>> default_concurrency({"CPU": 1.0, "GPU": 0.0}, {"CPU": 2.0}, reserve=0.0)
+2
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from mrnet_ray.config import ResourcesConfig
 from mrnet_ray.errors import UserError
 
 DATA_CPU_RESERVE = 1.0
-"""CPUs left free when deriving concurrency: Ray Data's read tasks take one whole CPU each,
-and trials whose workers hold every CPU would wait on them forever."""
+"""CPUs left free when trials stream their data: Ray Data's read tasks take one whole CPU
+each, and trials whose workers hold every CPU would wait on them forever. Trials that read
+the search's shared splits need no reserve."""
 
 
 def init_ray() -> None:
@@ -61,11 +66,13 @@ def init_ray() -> None:
     ray.init(dashboard_port=port, runtime_env={"env_vars": env})
 
 
-def trial_needs(resources: ResourcesConfig, trial_cpus: float) -> dict[str, float]:
-    """What one running trial holds: its driver plus its Train workers."""
+def trial_needs(resources: ResourcesConfig, trial_cpus: float, executor: str) -> dict[str, float]:
+    """What one running trial holds: its one worker when it trains itself (``tune``), else
+    its driver plus its Train workers (``train``)."""
     n = resources.num_workers
+    driver = trial_cpus if executor == "train" else 0.0
     return {
-        "CPU": round(trial_cpus + n * resources.cpus_per_worker, 6),
+        "CPU": round(driver + n * resources.cpus_per_worker, 6),
         "GPU": round(n * resources.gpus_per_worker, 6),
     }
 
@@ -114,14 +121,16 @@ def check_feasible(needs: dict[str, float], capacity: dict[str, float]) -> None:
         want = ", ".join(f"{needs[k]:g} {k}" for k in ("CPU", "GPU"))
         have = ", ".join(f"{capacity.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))
         raise UserError(
-            f"one trial needs {want} (--trial-cpus + --workers x --cpus-per-worker / "
-            f"--gpus-per-worker) but the cluster has {have}; ask for less or add nodes"
+            f"one trial needs {want} (--workers x --cpus-per-worker / --gpus-per-worker, "
+            f"+ --trial-cpus under Ray Train) but the cluster has {have}; ask for less or add "
+            "nodes"
         )
 
 
-def default_concurrency(needs: dict[str, float], capacity: dict[str, float]) -> int:
-    """How many trials fit at once, keeping :data:`DATA_CPU_RESERVE` CPUs free; at least 1."""
-    fits = [math.floor((capacity.get("CPU", 0.0) - DATA_CPU_RESERVE) / needs["CPU"] + 1e-9)]
+def default_concurrency(needs: dict[str, float], capacity: dict[str, float], reserve: float) -> int:
+    """How many trials fit at once, keeping ``reserve`` CPUs free (:data:`DATA_CPU_RESERVE`
+    when trials stream their data, else none); at least 1."""
+    fits = [math.floor((capacity.get("CPU", 0.0) - reserve) / needs["CPU"] + 1e-9)]
     if needs["GPU"] > 0:
         fits.append(math.floor(capacity.get("GPU", 0.0) / needs["GPU"] + 1e-9))
     return max(1, min(fits))

@@ -27,6 +27,9 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
 
 Scheduler = Literal["asha", "fifo"]
 Sampler = Literal["tpe", "random"]
+TrialExecutor = Literal["auto", "train", "tune"]
+"""How trials train: ``tune`` in the Tune trial's own process (one worker), ``train`` through
+Ray Train (any number of workers), ``auto`` the first for one worker and the second for DDP."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class SearchSettings:
     """A key of :data:`OBJECTIVES`."""
     max_failures: int = 1
     """Restarts of a failed trial from its last checkpoint."""
+    trial_executor: TrialExecutor = "auto"
+    """See :data:`TrialExecutor`."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -81,6 +86,19 @@ class SearchSettings:
             raise UserError("--num-samples and --time-budget must be positive")
         if self.max_failures < 0 or self.trial_cpus <= 0 or self.max_concurrent < 0:
             raise UserError("--max-failures and --max-concurrent must be >= 0, --trial-cpus > 0")
+        if self.trial_executor == "tune" and self.resources.num_workers > 1:
+            raise UserError(
+                f"--trial-executor tune trains each trial in its own process, on one worker, "
+                f"but --workers is {self.resources.num_workers}; use --trial-executor train "
+                "(or auto) for DDP trials"
+            )
+
+    @property
+    def executor(self) -> Literal["train", "tune"]:
+        """The executor ``trial_executor`` resolves to."""
+        if self.trial_executor != "auto":
+            return self.trial_executor
+        return "train" if self.resources.num_workers > 1 else "tune"
 
     @property
     def experiment_path(self) -> str:
@@ -91,6 +109,12 @@ class SearchSettings:
     def train_storage(self) -> str:
         """Ray Train runs (checkpoints) of the trials: ``<train_storage>/<trial_id>``."""
         return join(self.experiment_path, "train")
+
+    def checkpoints(self, trial_id: str) -> str:
+        """Where trial ``trial_id``'s checkpoints are (:func:`checkpoint_location`)."""
+        return checkpoint_location(
+            self.executor, self.experiment_path, self.train_storage, trial_id
+        )
 
     @property
     def journal(self) -> Path:
@@ -115,6 +139,22 @@ class SearchSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {k: v for k, v in values.items() if k in names}
         return cls(**{**kept, "resources": ResourcesConfig.from_dict(kept["resources"])})
+
+
+def checkpoint_location(
+    executor: str, experiment_path: str, train_storage: str, trial_id: str
+) -> str:
+    """Where a trial's checkpoints are: its Tune trial directory when it trained itself, else
+    its Ray Train run ``<train_storage>/<trial_id>``."""
+    if executor == "tune":
+        return join(experiment_path, trial_dirname_of(trial_id))
+    return join(train_storage, trial_id)
+
+
+def trial_dirname_of(trial_id: str) -> str:
+    """A trial's directory under the Tune experiment, ``mrnet_trial_<id>`` (Tune's default name
+    would append every drawn parameter)."""
+    return f"mrnet_trial_{trial_id}"
 
 
 def default_name(space: Path, dataset: str, content_hash: str) -> str:

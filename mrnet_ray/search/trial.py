@@ -1,11 +1,19 @@
 """One trial of a search: a Tune *function* trainable that trains one drawn configuration.
 
-It maps the drawn parameters to a :class:`TrialConfig` and drives Ray Train (Ray Train V2: a
-``TorchTrainer`` is never handed to ``Tuner``): :func:`mrnet_ray.training.raytrain.make_trainer`
-named after the Tune trial id, then ``fit()``.
+It maps the drawn parameters to a :class:`TrialConfig`, then trains it one of two ways, the
+same epoch body either way (:func:`mrnet_ray.training.fit.fit`):
 
-Failures are retried in one place, Tune (``--max-failures``): a retried trial builds a trainer
-of the same name, and Ray Train resumes it from that run's latest checkpoint. Ray Train's own
+- ``tune``: in the trial's own process (:func:`~mrnet_ray.training.intrial.train_in_trial`),
+  reporting every epoch to Tune: no Ray Train controller, worker group or placement group,
+  so a trial starts in about a second; Tune reuses trial processes, so imports are paid once;
+- ``train``: through Ray Train (Ray Train V2: a ``TorchTrainer`` is never handed to
+  ``Tuner``), :func:`~mrnet_ray.training.raytrain.make_trainer` named after the Tune trial id,
+  then ``fit()``; DDP trials take this way.
+
+Both read the train and valid splits the driver shared once for the whole search.
+
+Failures are retried in one place, Tune (``--max-failures``): a retried trial resumes from
+its latest checkpoint (Tune's own, or the Ray Train run of the same name). Ray Train's own
 worker restarts are off inside a search, so a deterministic error (a diverged loss) costs at
 most ``max_failures`` re-runs of one epoch; node preemptions are still retried by Ray Train
 without limit.
@@ -23,7 +31,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from mrnet_ray.config import ResourcesConfig
 from mrnet_ray.search.settings import SearchSettings
 from mrnet_ray.search.space import SearchSpace
-from mrnet_ray.training.raytrain import make_trainer, worker_error
+from mrnet_ray.shards import open_prepared
+from mrnet_ray.training.feed import SharedSplits
+from mrnet_ray.training.fit import plan
+from mrnet_ray.training.intrial import train_in_trial
+from mrnet_ray.training.raytrain import fit_to_data, make_trainer, worker_error
 
 
 class TrialFailed(RuntimeError):
@@ -40,11 +52,21 @@ class TrialJob:
     n_classes: int
     resources: ResourcesConfig
     train_storage: str
+    executor: str
+    """``tune`` or ``train`` (:data:`mrnet_ray.search.settings.TrialExecutor`)."""
+    shared: SharedSplits | None
+    """The splits in Ray's object store; None: trials stream them from Parquet."""
 
 
 def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
-    """Tune function trainable: train one drawn config with Ray Train, reporting every epoch."""
+    """Tune function trainable: train one drawn config, reporting every epoch."""
     trial = job.space.to_trial(config, n_mels=job.n_mels, n_classes=job.n_classes)
+    if job.executor == "tune":
+        prepared = open_prepared(job.data)
+        trial = fit_to_data(trial, prepared)
+        run = plan(prepared, trial, 1)
+        train_in_trial(job.data, trial, run, job.resources, job.shared)
+        return
     trainer = make_trainer(
         job.data,
         trial,
@@ -54,6 +76,7 @@ def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
         tune.get_context().get_trial_id(),
         [TuneReportCallback()],
         max_failures=0,  # retries happen once, in Tune (module docstring)
+        shared=job.shared,
     )
     try:
         trainer.fit()
@@ -63,11 +86,23 @@ def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
         raise TrialFailed(f"rank {rank}: {type(cause).__name__}: {message}") from e
 
 
-def trainable(settings: SearchSettings, space: SearchSpace, n_mels: int, n_classes: int) -> Any:
-    """The Tune trainable of a search (rebuilt identically on ``--resume``)."""
+def trainable(
+    settings: SearchSettings,
+    space: SearchSpace,
+    n_mels: int,
+    n_classes: int,
+    shared: SharedSplits | None,
+) -> Any:
+    """The Tune trainable of a search (rebuilt identically on ``--resume``): a trial that
+    trains itself holds its worker's CPUs and GPUs, one driving Ray Train only ``trial_cpus``."""
     job = TrialJob(
-        settings.data, space, n_mels, n_classes, settings.resources, settings.train_storage
+        settings.data, space, n_mels, n_classes, settings.resources, settings.train_storage,
+        settings.executor, shared,
+    )  # fmt: skip
+    r = settings.resources
+    held = (
+        {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+        if settings.executor == "tune"
+        else {"CPU": settings.trial_cpus}
     )
-    return tune.with_resources(
-        tune.with_parameters(mrnet_trial, job=job), {"CPU": settings.trial_cpus}
-    )
+    return tune.with_resources(tune.with_parameters(mrnet_trial, job=job), held)

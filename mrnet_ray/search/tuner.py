@@ -13,7 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from mrnet_ray.config import TrainConfig
-from mrnet_ray.search.settings import METRIC, SearchSettings
+from mrnet_ray.search.settings import METRIC, SearchSettings, trial_dirname_of
 from mrnet_ray.search.space import SearchSpace
 from mrnet_ray.search.specs import Fixed, values
 
@@ -96,8 +96,8 @@ def make_reporter(settings: SearchSettings, space: SearchSpace) -> tune.CLIRepor
 
 
 def trial_dirname(trial: Any) -> str:
-    """``mrnet_trial_<id>``: Tune's default appends every drawn parameter to the name."""
-    return f"mrnet_trial_{trial.trial_id}"
+    """Tune's ``trial_dirname_creator``: :func:`trial_dirname_of` the trial."""
+    return trial_dirname_of(trial.trial_id)
 
 
 def make_tuner(
@@ -118,12 +118,19 @@ def make_tuner(
             max_concurrent_trials=settings.max_concurrent,
             time_budget_s=settings.time_budget_s,
             trial_dirname_creator=trial_dirname,
+            # A trial that trains itself imports torch once per process, not once per trial.
+            reuse_actors=settings.executor == "tune",
         ),
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.storage,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            # Checkpoints of trials that train themselves (Ray Train keeps its own): the two
+            # best by the metric, and the latest, which a retried trial resumes from.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+            ),
             progress_reporter=make_reporter(settings, space),
             verbose=2,
         ),
@@ -132,7 +139,7 @@ def make_tuner(
 
 def restore_tuner(settings: SearchSettings, trainable_: Any) -> tune.Tuner:
     """Continue an interrupted search: Tune brings back the pickled searcher (with its Optuna
-    journal), scheduler and MLflow callback; unfinished trials resume from their Train
+    journal), scheduler and MLflow callback; unfinished trials resume from their latest
     checkpoints. Errored trials stay errored: they were already retried ``max_failures`` times,
     and a deterministic error would only repeat."""
     return tune.Tuner.restore(

@@ -16,8 +16,9 @@ the Tune driver's loop, where a tracking server that went away blocks the whole 
 MLflow's own HTTP retries. This callback:
 
 - finds a trial's run by its ``trial_id`` tag under the search run, so a resumed search
-  still has exactly one run per trial (re-run epochs add values at the same step; MLflow
-  shows the latest);
+  still has exactly one run per trial, and logs each epoch once: an epoch a resumed trial
+  trains again (from a checkpoint older than its last report) keeps the values first
+  written, which a reproducible trial repeats exactly;
 - records why a trial failed (``error`` tag; ``failures`` counts retried attempts);
 - writes from one background thread, in order. While the store is unreachable, writes wait
   in a bounded queue (oldest dropped beyond ``max_pending``) and are retried with backoff;
@@ -61,6 +62,7 @@ from mrnet_ray.tracking.runs import (
     log_search_details,
     log_trial_config,
     metric_histories,
+    reconcile_trial_runs,
     start_search_run,
 )
 from mrnet_ray.tracking.store import (
@@ -115,6 +117,7 @@ __all__ = [
     "log_trial_config",
     "metric_histories",
     "missing_local_store",
+    "reconcile_trial_runs",
     "register_version",
     "resolve_model_uri",
     "resolve_tracking_uri",

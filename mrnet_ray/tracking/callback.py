@@ -22,6 +22,7 @@ from mrnet_ray.tracking.runs import (
     log_metrics,
     log_params,
     log_trial_config,
+    logged_steps,
 )
 from mrnet_ray.tracking.store import ERROR_CHARS, TAG_ERROR, TAG_PARENT, TAG_TRIAL_ID, Tracking
 
@@ -64,6 +65,7 @@ class MLflowTrialCallback(Callback):
     def setup(self, **info: Any) -> None:
         self._writer = _Writer(self.tracking.uri, self.max_pending, self.retry_s)
         self._runs: dict[str, str] = {}  # trial id -> run id; used by the writer thread only
+        self._logged: dict[str, set[int]] = {}  # run id -> epochs it holds; writer thread only
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         try:
@@ -91,9 +93,15 @@ class MLflowTrialCallback(Callback):
         }
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(time.time() * 1000)  # when it was reported, even if written later
-        self._submit(
-            trial, f"log epoch {step}", lambda c, run: log_metrics(c, run, metrics, step, ts)
-        )
+
+        def log(client: MlflowClient, run_id: str) -> None:
+            if run_id not in self._logged:  # a run of an earlier session: what it holds
+                self._logged[run_id] = logged_steps(client, run_id, metrics)
+            if step not in self._logged[run_id]:  # an epoch trained again is logged once
+                log_metrics(client, run_id, metrics, step, ts)
+                self._logged[run_id].add(step)
+
+        self._submit(trial, f"log epoch {step}", log)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         def finish(client: MlflowClient, run_id: str) -> None:
@@ -165,6 +173,7 @@ class MLflowTrialCallback(Callback):
                 tags = {**self.tags, TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id}
                 run = client.create_run(self.tracking.experiment_id, run_name=create_as, tags=tags)
                 self._runs[trial_id] = run.info.run_id
+                self._logged[run.info.run_id] = set()
         return self._runs.get(trial_id)
 
 

@@ -84,6 +84,52 @@ def end_orphaned_trial_runs(
     return len(orphans)
 
 
+def reconcile_trial_runs(
+    tracking: Tracking,
+    parent_run_id: str,
+    trials: Sequence[tuple[str, str, Sequence[tuple[int, Mapping[str, float]]], str]],
+) -> list[str]:
+    """Bring every trial's MLflow run in line with Tune's own record of the trial, for what the
+    Tune callback could not write (a driver killed with writes queued, a store that was down):
+    epochs Tune recorded that the run lacks are written, each once (by step), and the run of a
+    trial Tune finished or failed ends FINISHED or FAILED.
+
+    ``trials`` holds ``(trial id, Tune status, [(timestamp ms, metrics of an epoch)], error)``
+    with status TERMINATED, ERROR or anything else (left running). Returns the ids of the
+    trials whose runs it changed; trials without a run are left to the callback.
+    """
+    client = MlflowClient(tracking.uri)
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+    found = client.search_runs([tracking.experiment_id], query, max_results=10_000)
+    runs = {r.data.tags.get(TAG_TRIAL_ID): r for r in found}
+    changed = []
+    for trial_id, status, history, error in trials:
+        run = runs.get(trial_id)
+        if run is None:
+            continue
+        logged = logged_steps(client, run.info.run_id, history[0][1]) if history else set()
+        missing = [(ts, m) for ts, m in history if int(m.get("epoch", 0)) not in logged]
+        for ts, metrics in missing:
+            values = {k: v for k, v in metrics.items() if k != "epoch"}
+            log_metrics(client, run.info.run_id, values, int(metrics["epoch"]), ts or None)
+        end = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status)
+        if end and run.info.status != end:
+            if end == "FAILED":
+                client.set_tag(run.info.run_id, TAG_ERROR, (error or "failed")[:ERROR_CHARS])
+            else:
+                log_learning_curve(client, run.info.run_id)
+            client.set_terminated(run.info.run_id, end)
+        if missing or (end and run.info.status != end):
+            changed.append(trial_id)
+    return changed
+
+
+def logged_steps(client: MlflowClient, run_id: str, metrics: Mapping[str, Any]) -> set[int]:
+    """The steps (epochs) a run holds already, by the history of one of ``metrics``' keys."""
+    key = min(k for k in metrics if k != "epoch")
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Log flat params (e.g. :meth:`TrialConfig.flat`), 100 per request."""
     items = [Param(k, str(v)) for k, v in params.items()]

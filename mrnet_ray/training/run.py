@@ -25,13 +25,8 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.shards import Prepared, open_prepared
 from mrnet_ray.storage import join as storage_join
 from mrnet_ray.training.checkpoint import load_checkpoint
-from mrnet_ray.training.raytrain import (
-    absolute_storage,
-    check_same_model,
-    fit_to_data,
-    make_trainer,
-    worker_error,
-)
+from mrnet_ray.training.fit import check_same_model
+from mrnet_ray.training.raytrain import absolute_storage, fit_to_data, make_trainer, worker_error
 
 
 class ProgressPrinter(ray.train.UserCallback):
