@@ -25,6 +25,7 @@ from mrnet_ray.search import outcomes as outcomes_mod
 from mrnet_ray.search import report, resources
 from mrnet_ray.search import trial as trial_mod
 from mrnet_ray.search import tuner as tuner_mod
+from mrnet_ray.search.limits import CostCheck, record_infeasible
 from mrnet_ray.search.record import (
     check_resumable,
     read_record,
@@ -156,6 +157,15 @@ def search_params(settings: SearchSettings, in_memory: bool) -> dict[str, Any]:
     return params | {"executor": settings.executor, "data_in_memory": in_memory}
 
 
+def _any_trial(experiment_path: str) -> bool:
+    """Whether the Tune experiment holds a trial (a search whose every proposal was over the
+    limits holds none, nor perhaps any state at all)."""
+    try:
+        return bool(tune.ExperimentAnalysis(experiment_path).trials)
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
 def run(
     settings: SearchSettings,
     prepared: Prepared,
@@ -188,15 +198,21 @@ def run(
     tracking.log_search_details(where, parent, params, [Path(settings.space)])
 
     n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
-    to_trial = functools.partial(space.to_trial, n_mels=n_mels, n_classes=n_classes)
+    to_trial = functools.partial(trial_mod.trial_config, space, n_mels, n_classes)
     trainable = trial_mod.trainable(settings, space, n_mels, n_classes, shared)
     # The new output engine ignores progress_reporter and picks its own first four metrics.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    searcher = None
     if resume:
         tuner = tuner_mod.restore_tuner(settings, trainable)
     else:
         callback = tracking.MLflowTrialCallback(where, parent, to_trial, tags=tags)
-        tuner = tuner_mod.make_tuner(settings, space, trainable, [callback, *callbacks])
+        check = CostCheck(to_trial, prepared.feature.segment_frames, space.limits)
+        record = functools.partial(record_infeasible, where, parent, to_trial, tags)
+        searcher = tuner_mod.make_searcher(settings, space, check=check, record=record)
+        tuner = tuner_mod.make_tuner(
+            settings, space, trainable, [callback, *callbacks], searcher
+        )
     started = time.monotonic()
     try:
         tuner.fit()
@@ -206,7 +222,12 @@ def run(
         write_record(settings, status=status)
         raise
     wall_s = time.monotonic() - started
+    exhausted = getattr(searcher, "exhausted", "")
 
+    if exhausted and not _any_trial(settings.experiment_path):
+        tracking.end_search_run(where, parent, "FAILED", error=exhausted)
+        write_record(settings, status="FAILED")
+        raise UserError(f"{settings.space}: {exhausted}")
     outcomes = outcomes_mod.collect(settings.experiment_path, to_trial)
     counts = outcomes_mod.counts(outcomes)
     interrupted = counts["unfinished"] > 0
@@ -231,6 +252,11 @@ def run(
     )  # fmt: skip
     if mended:
         notes.append(f"MLflow runs of {len(mended)} trial(s) completed from Tune's results")
+    if exhausted:
+        notes.append(f"the search stopped early: {exhausted}")
+    infeasible = getattr(searcher, "infeasible_total", 0)
+    if infeasible:
+        notes.append(f"{infeasible} proposal(s) over the space's limits were never trained")
     if not interrupted:
         orphans = tracking.end_orphaned_trial_runs(
             where, parent, {o.trial_id for o in outcomes}, ORPHAN_REASON

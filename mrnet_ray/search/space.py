@@ -40,6 +40,7 @@ it from the trials of those widths only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ class SearchSpace:
     """None when route depths are one fixed list."""
     depths: Fixed | PerItem
     res2_scale: Spec | DivisorOf
+    limits: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Largest ``params`` / ``flops`` a trained configuration may have (``limits:``)."""
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<space>") -> SearchSpace:
@@ -246,7 +249,7 @@ def load_space(path: str | Path) -> SearchSpace:
 
 def _build_space(raw: Any, source: str, lines: dict[tuple[str, ...], int]) -> SearchSpace:
     parsed = parse(raw, source, lines)
-    space = SearchSpace(source, parsed.fields, **parsed.structure)
+    space = SearchSpace(source, parsed.fields, **parsed.structure, limits=parsed.limits)
     _check_joint(space, parsed.problems)
     parsed.problems.raise_if_any()
     return space

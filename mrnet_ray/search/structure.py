@@ -41,6 +41,10 @@ from mrnet_ray.search.specs import (
 )
 from mrnet_ray.search.yaml_file import Problems
 
+LIMITS = ("params", "flops")
+"""What a space's ``limits:`` section may bound: trainable parameters, and forward FLOPs of
+one segment (as :func:`mrnet_ray.nn.model_cost` counts them)."""
+
 
 @dataclass(frozen=True)
 class Parsed:
@@ -49,6 +53,7 @@ class Parsed:
     fields: dict[str, dict[str, Spec]]
     structure: dict[str, Any]
     problems: Problems
+    limits: dict[str, float]
 
 
 def parse(raw: Any, source: str, lines: dict[tuple[str, ...], int]) -> Parsed:
@@ -63,9 +68,13 @@ def parse(raw: Any, source: str, lines: dict[tuple[str, ...], int]) -> Parsed:
     problems = Problems(source, lines)
     fields: dict[str, dict[str, Spec]] = {"model": {}, "train": {}}
     structural: dict[str, Any] = {}
+    limits = _parse_limits(raw.get("limits"), problems)
     for section, body in raw.items():
+        if section == "limits":
+            continue
         if section not in SECTIONS:
-            problems.add((str(section),), f"unknown section{did_you_mean(str(section), SECTIONS)}")
+            options = [*SECTIONS, "limits"]
+            problems.add((str(section),), f"unknown section{did_you_mean(str(section), options)}")
             continue
         if body is None:
             continue
@@ -88,7 +97,26 @@ def parse(raw: Any, source: str, lines: dict[tuple[str, ...], int]) -> Parsed:
                     problems.add(where, str(e))
     structure = _parse_structure(structural, problems)
     problems.raise_if_any()
-    return Parsed(fields, structure, problems)
+    return Parsed(fields, structure, problems, limits)
+
+
+def _parse_limits(body: Any, problems: Problems) -> dict[str, float]:
+    """``limits: {params: 5.0e6, flops: 2.0e9}``: positive numbers, known keys only."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        problems.add(("limits",), "must be a mapping like {params: 5.0e6, flops: 2.0e9}")
+        return {}
+    limits = {}
+    for key, value in body.items():
+        where = ("limits", str(key))
+        if key not in LIMITS:
+            problems.add(where, f"unknown limit{did_you_mean(str(key), LIMITS)}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            problems.add(where, f"{value!r} must be a positive number, e.g. {key}: 5.0e6")
+        else:
+            limits[key] = float(value)
+    return limits
 
 
 def _unknown_field(section: str, key: str) -> str:

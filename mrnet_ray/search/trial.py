@@ -28,7 +28,7 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from mrnet_ray.config import ResourcesConfig
+from mrnet_ray.config import ResourcesConfig, TrialConfig
 from mrnet_ray.search.settings import SearchSettings
 from mrnet_ray.search.space import SearchSpace
 from mrnet_ray.shards import open_prepared
@@ -36,6 +36,20 @@ from mrnet_ray.training.feed import SharedSplits
 from mrnet_ray.training.fit import plan
 from mrnet_ray.training.intrial import train_in_trial
 from mrnet_ray.training.raytrain import fit_to_data, make_trainer, worker_error
+
+SEED_KEY = "confirm.seed"
+"""A Tune config key that replaces ``train.seed``: a confirmation's new seeds."""
+
+
+def trial_config(
+    space: SearchSpace, n_mels: int, n_classes: int, config: dict[str, Any]
+) -> TrialConfig:
+    """What a trial of ``config`` trains: the space's drawn and fixed fields, the data's bands
+    and classes, and a confirmation's seed (:data:`SEED_KEY`) when it has one."""
+    trial = space.to_trial(config, n_mels=n_mels, n_classes=n_classes)
+    if SEED_KEY in config:
+        trial = trial.replace(train=trial.train.replace(seed=int(config[SEED_KEY])))
+    return trial
 
 
 class TrialFailed(RuntimeError):
@@ -60,7 +74,7 @@ class TrialJob:
 
 def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
     """Tune function trainable: train one drawn config, reporting every epoch."""
-    trial = job.space.to_trial(config, n_mels=job.n_mels, n_classes=job.n_classes)
+    trial = trial_config(job.space, job.n_mels, job.n_classes, config)
     if job.executor == "tune":
         prepared = open_prepared(job.data)
         trial = fit_to_data(trial, prepared)

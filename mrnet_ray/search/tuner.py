@@ -4,6 +4,7 @@ the trial table, and restoring an interrupted search."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from mrnet_ray.config import TrainConfig
+from mrnet_ray.search.limits import GIVE_UP_AFTER, CostCheck, LimitedSearch
 from mrnet_ray.search.settings import METRIC, SearchSettings, trial_dirname_of
 from mrnet_ray.search.space import SearchSpace
 from mrnet_ray.search.specs import Fixed, values
@@ -39,9 +41,18 @@ def drop_stale_study(settings: SearchSettings) -> None:
         optuna.delete_study(study_name=settings.name, storage=storage)
 
 
-def make_searcher(settings: SearchSettings, space: SearchSpace) -> OptunaSearch:
-    """Optuna over the space's define-by-run function; the first trial is the paper-like
-    default; the study lives in the journal file beside the run."""
+def make_searcher(
+    settings: SearchSettings,
+    space: SearchSpace,
+    *,
+    first: Sequence[dict[str, Any]] = (),
+    check: CostCheck | None = None,
+    record: Callable[[dict[str, Any], str, dict[str, float]], None] | None = None,
+) -> OptunaSearch:
+    """Optuna over the space's define-by-run function; the first trials are ``first`` (a warm
+    start's), then the paper-like default; the study lives in the journal file beside the run.
+    With a ``check`` of the space's limits, proposals over them are recorded (``record``) and
+    never trained (:mod:`~mrnet_ray.search.limits`)."""
     with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = (
@@ -52,16 +63,24 @@ def make_searcher(settings: SearchSettings, space: SearchSpace) -> OptunaSearch:
             else optuna.samplers.RandomSampler(seed=settings.seed)
         )
     metrics = settings.metrics
-    return OptunaSearch(
-        space=space.define_by_run,
-        metric=metrics[0] if len(metrics) == 1 else list(metrics),
-        mode=settings.modes[0] if len(metrics) == 1 else list(settings.modes),
-        points_to_evaluate=[space.default_point()],
-        sampler=sampler,
-        study_name=settings.name,
+    options: dict[str, Any] = {
+        "space": space.define_by_run,
+        "metric": metrics[0] if len(metrics) == 1 else list(metrics),
+        "mode": settings.modes[0] if len(metrics) == 1 else list(settings.modes),
+        "points_to_evaluate": [*first, space.default_point()],
+        "sampler": sampler,
+        "study_name": settings.name,
         # A file path and offsets: it pickles with the searcher into Tune's experiment state
         # and reads the journal again after a restore.
-        storage=journal_storage(settings.journal),
+        "storage": journal_storage(settings.journal),
+    }
+    if check is None or not space.limits:
+        return OptunaSearch(**options)
+    return LimitedSearch(
+        **options,
+        check=check,
+        record=record or (lambda *_: None),
+        give_up_after=GIVE_UP_AFTER * settings.num_samples,
     )
 
 
@@ -105,12 +124,13 @@ def make_tuner(
     space: SearchSpace,
     trainable_: Any,
     callbacks: list[tune.Callback],
+    searcher: OptunaSearch,
 ) -> tune.Tuner:
     single = len(settings.metrics) == 1
     return tune.Tuner(
         trainable_,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(settings, space),
+            search_alg=searcher,
             scheduler=make_scheduler(settings, space),
             metric=METRIC if single else None,
             mode="max" if single else None,

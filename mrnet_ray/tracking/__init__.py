@@ -63,6 +63,7 @@ from mrnet_ray.tracking.runs import (
     log_trial_config,
     metric_histories,
     reconcile_trial_runs,
+    record_infeasible,
     start_search_run,
 )
 from mrnet_ray.tracking.store import (
@@ -70,6 +71,7 @@ from mrnet_ray.tracking.store import (
     TAG_CODE_VERSION,
     TAG_DATA_HASH,
     TAG_ERROR,
+    TAG_INFEASIBLE,
     TAG_PARENT,
     TAG_SEARCH_KEY,
     TAG_TRIAL_ID,
@@ -90,6 +92,7 @@ __all__ = [
     "TAG_CODE_VERSION",
     "TAG_DATA_HASH",
     "TAG_ERROR",
+    "TAG_INFEASIBLE",
     "TAG_PARENT",
     "TAG_SEARCH_KEY",
     "TAG_SOURCE_TRIAL",
@@ -118,6 +121,7 @@ __all__ = [
     "metric_histories",
     "missing_local_store",
     "reconcile_trial_runs",
+    "record_infeasible",
     "register_version",
     "resolve_model_uri",
     "resolve_tracking_uri",

@@ -19,6 +19,7 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.tracking.store import (
     ERROR_CHARS,
     TAG_ERROR,
+    TAG_INFEASIBLE,
     TAG_PARENT,
     TAG_SEARCH_KEY,
     TAG_TRIAL_ID,
@@ -128,6 +129,26 @@ def logged_steps(client: MlflowClient, run_id: str, metrics: Mapping[str, Any]) 
     """The steps (epochs) a run holds already, by the history of one of ``metrics``' keys."""
     key = min(k for k in metrics if k != "epoch")
     return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def record_infeasible(
+    tracking: Tracking,
+    parent_run_id: str,
+    params: Mapping[str, Any],
+    reason: str,
+    cost: Mapping[str, float],
+    tags: Mapping[str, str] = {},
+) -> str:
+    """A proposal the search never trained because it is over the space's limits: a run
+    nested under the search run, tagged ``infeasible`` with the reason, holding its params and
+    its cost (``params``, ``flops``) but no epoch metrics, ended KILLED. Returns its id."""
+    client = MlflowClient(tracking.uri)
+    run_tags = {**tags, TAG_PARENT: parent_run_id, TAG_INFEASIBLE: reason[:ERROR_CHARS]}
+    run = client.create_run(tracking.experiment_id, run_name="infeasible", tags=run_tags)
+    log_params(client, run.info.run_id, params)
+    log_metrics(client, run.info.run_id, dict(cost), step=0)
+    client.set_terminated(run.info.run_id, "KILLED")
+    return run.info.run_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 TAG_TRIAL_ID = "trial_id"
 TAG_ERROR = "error"
+TAG_INFEASIBLE = "infeasible"
+"""On runs of proposals over a space's limits, which were never trained: why."""
 TAG_PARENT = "mlflow.parentRunId"
 TAG_SEARCH_KEY = "mrnet_ray.search_key"
 TAG_DATA_HASH = "mrnet_ray.data_hash"
