@@ -7,6 +7,10 @@ downmix to mono, resample with ``torchaudio.functional.resample``, a power mel s
 (``torchaudio.transforms.MelSpectrogram``, HTK mel scale, centred frames) and dB conversion
 (``AmplitudeToDB`` with ``top_db``), then fixed-length segments of ``segment_frames``.
 
+Decoding is bounded: a track's declared length is checked before it is read, tracks longer
+than ``max_track_seconds`` are refused, and the rest is read in blocks, so no header can
+make it allocate more than that.
+
 >>> cfg = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16,
 ...                     segment_seconds=0.5, segment_hop_seconds=0.5)
 >>> wave = np.sin(np.linspace(0, 2000, 8000 * 2)).astype(np.float32)  # 2 s of a tone
@@ -20,8 +24,10 @@ downmix to mono, resample with ``torchaudio.functional.resample``, a power mel s
 from __future__ import annotations
 
 import functools
+import io
+import math
 import os
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -30,9 +36,11 @@ import torchaudio
 
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.errors import UserError
+from mrnet_ray.text import printable
 
 __all__ = [
     "AudioError",
+    "AudioSource",
     "FeatureConfig",
     "audio_to_segments",
     "load_audio",
@@ -49,29 +57,108 @@ class AudioError(UserError):
     """A file that does not decode to usable audio; the message names the file."""
 
 
-def load_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
+AudioSource = str | bytes | os.PathLike[str] | BinaryIO
+"""A path (any name the OS allows, also bytes) or a binary file-like object with ``read``,
+``seek`` and ``tell``, such as ``io.BytesIO`` of an uploaded request body."""
+
+MAX_SOURCE_RATE = 384_000
+"""Highest sample rate (Hz) a file's header may declare: above it, the header is not audio."""
+BLOCK_SAMPLES = 1 << 20
+"""Samples (frames x channels) decoded per block: 4 MB of float32 at any channel count."""
+
+
+def _label(source: AudioSource, name: str) -> str:
+    """What error messages call ``source``: the path, printable, or ``name`` for a stream."""
+    return name if hasattr(source, "read") else printable(os.fspath(source))
+
+
+def _open(source: AudioSource, label: str) -> sf.SoundFile:
+    """The opened file; AudioError for a missing or empty one."""
+    if hasattr(source, "read"):
+        stream = source
+        if getattr(stream, "seekable", lambda: False)():
+            here = stream.tell()
+            size = stream.seek(0, io.SEEK_END) - here
+            stream.seek(here)
+            if size <= 0:
+                raise AudioError(f"{label}: empty file (0 bytes)")
+        return sf.SoundFile(stream)
+    path = os.fsencode(source)  # bytes: soundfile would encode a str name strictly as UTF-8
+    if not os.path.isfile(path):
+        raise AudioError(f"{label}: no such file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{label}: empty file (0 bytes)")
+    return sf.SoundFile(path)
+
+
+def _decode(f: sf.SoundFile, label: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Mono float32 ``(samples,)`` at the file's own rate, read block by block.
+
+    The header's length is checked before anything is read (soundfile believes it: a 3 KB
+    FLAC may declare 2^35 samples, and a whole-file read would allocate 128 GiB for them),
+    and reading stops as soon as the data runs past the limit, so memory stays within
+    ``max_seconds`` of mono audio plus one block, whatever the header says.
+    """
+    rate, declared = f.samplerate, f.frames
+    if not 0 < rate <= MAX_SOURCE_RATE:
+        raise AudioError(f"{label}: its header declares a sample rate of {rate} Hz; not audio")
+    limit = math.ceil(max_seconds * rate)
+    over = (
+        f"over the {max_seconds:g} s limit (FeatureConfig.max_track_seconds); cut the file "
+        "into shorter tracks or raise the limit"
+    )
+    if declared > limit:
+        raise AudioError(
+            f"{label}: its header declares {declared / rate:,.0f} s of audio ({declared:,} "
+            f"samples at {rate} Hz), {over}"
+        )
+    block = max(1024, BLOCK_SAMPLES // max(1, f.channels))
+    parts, total = [], 0
+    while True:
+        data = f.read(block, dtype="float32", always_2d=True)  # (frames, channels)
+        if len(data) == 0:
+            break
+        parts.append(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])  # (frames,)
+        total += len(data)
+        if total > limit:
+            raise AudioError(f"{label}: holds more than {max_seconds:g} s of audio, {over}")
+        if len(data) < block:
+            break
+    wave = np.concatenate(parts) if parts else np.empty(0, np.float32)
+    return wave, rate
+
+
+def load_audio(
+    source: AudioSource,
+    sample_rate: int,
+    *,
+    max_seconds: float = FeatureConfig.max_track_seconds,
+    name: str = "<audio>",
+) -> np.ndarray:
     """Decode, downmix and resample one file -> float32 ``(samples,)`` at ``sample_rate``.
 
-    Raises :class:`AudioError` for a missing, unreadable, corrupt, truncated-header or empty
-    file. A file whose header promises more frames than it holds decodes to what is there.
+    ``source`` is a path or a binary file-like object (see :data:`AudioSource`); ``name``
+    stands for a file-like object in error messages. Raises :class:`AudioError` for a
+    missing, unreadable, corrupt, truncated-header or empty file, one whose header or data
+    is longer than ``max_seconds``, and one that runs out of memory. A file whose header
+    promises more frames than it holds decodes to what is there, if its decoder allows.
     """
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+    label = _label(source, name)
     try:
-        data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+        with _open(source, label) as f:
+            wave, rate = _decode(f, label, max_seconds)
+        if len(wave) == 0:
+            raise AudioError(f"{label}: no audio samples (empty or truncated file)")
+        if not np.isfinite(wave).all():
+            raise AudioError(f"{label}: audio holds NaN or infinite samples")
+        if rate != sample_rate:
+            resampled = torchaudio.functional.resample(torch.from_numpy(wave), rate, sample_rate)
+            wave = resampled.numpy()
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         reason = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
-        raise AudioError(f"{path}: cannot decode audio ({reason.strip()})") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: no audio samples (empty or truncated file)")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (samples,)
-    if not np.isfinite(wave).all():
-        raise AudioError(f"{path}: audio holds NaN or infinite samples")
-    if rate != sample_rate:
-        resampled = torchaudio.functional.resample(torch.from_numpy(wave), rate, sample_rate)
-        wave = resampled.numpy()
+        raise AudioError(f"{label}: cannot decode audio ({reason.strip()})") from None
+    except MemoryError:
+        raise AudioError(f"{label}: out of memory decoding it; lower max_track_seconds") from None
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
@@ -144,10 +231,19 @@ def segment(mel: np.ndarray, cfg: FeatureConfig, pad_value: float | None = None)
     return np.stack([mel[:, s : s + width] for s in starts])  # (n_segments, n_mels, width)
 
 
-def audio_to_segments(path: str | os.PathLike[str], cfg: FeatureConfig) -> np.ndarray:
+def audio_to_segments(
+    source: AudioSource, cfg: FeatureConfig, *, name: str = "<audio>"
+) -> np.ndarray:
     """Decode one file and cut it -> ``(n_segments, n_mels, segment_frames)`` float32.
 
-    Zero segments means the clip was shorter than one segment and ``short_clip="skip"``.
+    ``source`` and ``name`` as for :func:`load_audio`; tracks longer than
+    ``cfg.max_track_seconds`` are refused with :class:`AudioError`. Zero segments means the
+    clip was shorter than one segment and ``short_clip="skip"``.
     """
-    wave = load_audio(Path(path), cfg.sample_rate)
-    return segment(log_mel(wave, cfg).numpy(), cfg)
+    wave = load_audio(source, cfg.sample_rate, max_seconds=cfg.max_track_seconds, name=name)
+    try:
+        return segment(log_mel(wave, cfg).numpy(), cfg)
+    except MemoryError:
+        raise AudioError(
+            f"{_label(source, name)}: out of memory computing its features; lower max_track_seconds"
+        ) from None

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         ("top_db", float),
         ("segment_seconds", float),
         ("segment_hop_seconds", float),
+        ("max_track_seconds", float),
     ]:
         default = getattr(FeatureConfig, name)
         f.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help=f"({default})")
@@ -68,7 +69,8 @@ def feature_from_args(args: argparse.Namespace, dataset: str) -> FeatureConfig:
     }
     if "segment_seconds" in given and "segment_hop_seconds" not in given:
         given["segment_hop_seconds"] = given["segment_seconds"]
-    spectral = sorted(set(given) - {"segment_seconds", "segment_hop_seconds", "short_clip"})
+    ours = {"segment_seconds", "segment_hop_seconds", "short_clip", "max_track_seconds"}
+    spectral = sorted(set(given) - ours)
     if dataset == "melon" and spectral:
         raise UserError(
             f"--{spectral[0].replace('_', '-')} does not apply to melon: it ships ready "

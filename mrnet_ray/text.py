@@ -10,6 +10,7 @@ a    bb
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -29,3 +30,21 @@ def human(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:g}"
+
+
+def printable(name: str | bytes) -> str:
+    """A file name as text that prints, encodes and goes into Arrow and JSON anywhere.
+
+    A name that is not UTF-8 (Latin-1 bytes of old archives) reaches Python with surrogate
+    escapes (``'caf\\udce9'``), which UTF-8 encoders, pyarrow string columns and terminals
+    refuse; its stray bytes become ``\\xNN`` here. Valid names are unchanged.
+
+    >>> printable("caf\\udce9.wav"), printable(b"caf\\xe9.wav"), printable("café.wav")
+    ('caf\\\\xe9.wav', 'caf\\\\xe9.wav', 'café.wav')
+    """
+    if isinstance(name, str):
+        try:
+            name = os.fsencode(name)
+        except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+            return name.encode("utf-8", "backslashreplace").decode("ascii")
+    return name.decode("utf-8", "backslashreplace")

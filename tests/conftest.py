@@ -26,7 +26,7 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-from fixtures.audio import audio_folder  # noqa: E402, F401
+from fixtures.audio import audio_folder, hostile_folder  # noqa: E402, F401
 from fixtures.cluster import ray_session, tiny_feature, tiny_prepared  # noqa: E402, F401
 from fixtures.servers import s3_uri  # noqa: E402, F401
 from fixtures.trees import fma_tree, gtzan_tree, melon_tree  # noqa: E402, F401

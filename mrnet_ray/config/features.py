@@ -35,6 +35,8 @@ class FeatureConfig(Config):
     """Distance between segment starts in seconds (equal to the length: no overlap)."""
     short_clip: ShortClip = "pad"
     """Clips shorter than one segment: 'pad' with silence or 'skip' them."""
+    max_track_seconds: float = 600.0
+    """Longest track decoded, in seconds; a longer one (by its header or its data) is refused."""
 
     def __post_init__(self) -> None:
         check(
@@ -76,6 +78,11 @@ class FeatureConfig(Config):
             self.short_clip in get_args(ShortClip),
             "short_clip",
             f"short_clip={self.short_clip!r} must be one of {get_args(ShortClip)}",
+        )
+        check(
+            self.max_track_seconds > 0,
+            "max_track_seconds",
+            f"max_track_seconds={self.max_track_seconds} must be > 0",
         )
         check(
             self.segment_frames >= 8,

@@ -25,6 +25,7 @@ from mrnet_ray.datasets import Listing, Skipped, SplitOptions, Track, require_di
 from mrnet_ray.datasets.splits import seeded_split
 from mrnet_ray.errors import UserError
 from mrnet_ray.features import AudioError, segment
+from mrnet_ray.text import printable
 
 LAYOUT = "ROOT/arena_mel/<id//1000>/<id>.npy, ROOT/song_meta.json and ROOT/genre_gn_all.json"
 MELON_FEATURE = FeatureConfig(
@@ -45,16 +46,26 @@ def _read_json(path: Path):
 def mel_to_segments(path: str | os.PathLike[str], cfg: FeatureConfig) -> np.ndarray:
     """One ``.npy`` array ``(n_mels, frames)`` -> ``(n_segments, n_mels, segment_frames)``.
 
-    Raises :class:`~mrnet_ray.features.AudioError` for unreadable or wrongly shaped arrays.
+    Raises :class:`~mrnet_ray.features.AudioError` for unreadable or wrongly shaped arrays and
+    for arrays longer than ``cfg.max_track_seconds``. The header's shape is checked on a
+    memory map before anything is read, so a header that lies about it costs no memory.
     """
+    label = printable(os.fspath(path))
     try:
-        mel = np.load(path, allow_pickle=False)
+        mel = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise AudioError(f"{path}: cannot read mel array ({e})") from None
+        raise AudioError(f"{label}: cannot read mel array ({e})") from None
     if mel.ndim != 2 or mel.shape[0] != cfg.n_mels or mel.shape[1] == 0:
-        raise AudioError(f"{path}: array shape {mel.shape}; expected ({cfg.n_mels}, frames)")
+        raise AudioError(f"{label}: array shape {mel.shape}; expected ({cfg.n_mels}, frames)")
+    seconds = mel.shape[1] * cfg.hop_length / cfg.sample_rate
+    if seconds > cfg.max_track_seconds:
+        raise AudioError(
+            f"{label}: {mel.shape[1]} frames ({seconds:,.0f} s), over the "
+            f"{cfg.max_track_seconds:g} s limit (FeatureConfig.max_track_seconds)"
+        )
+    mel = np.array(mel)  # off the memory map: the file may change once this returns
     if not np.isfinite(mel).all():
-        raise AudioError(f"{path}: array holds NaN or infinite values")
+        raise AudioError(f"{label}: array holds NaN or infinite values")
     return segment(mel, cfg, pad_value=float(mel.min()))
 
 

@@ -3,7 +3,8 @@
 :func:`segment_tracks` runs inside ``Dataset.map_batches`` on numpy batches of track rows
 (``path``, ``track_id``, ``track_index``, ``label``, ``label_name``, ``split``) and returns
 segment rows (the prepared directory's columns, ``mel`` as ``(n, n_mels, segment_frames)``).
-A file that fails to decode, or is too short under ``short_clip="skip"``, yields no rows;
+A file that fails to decode, is longer than ``max_track_seconds`` (by its header or its
+data), or is too short under ``short_clip="skip"``, yields no rows;
 its reason goes to the :class:`~mrnet_ray.shards.ledger.Ledger` actor together with every track's
 segment count, so one bad file never fails the job and the manifest can still report it.
 """
@@ -19,6 +20,7 @@ import torch
 
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.features import AudioError, audio_to_segments
+from mrnet_ray.text import printable
 
 TRACK_COLUMNS = ("path", "track_id", "track_index", "label", "label_name", "split")
 
@@ -51,7 +53,8 @@ def segment_tracks(
         try:
             segs = _segments_of(path, cfg, kind)  # (n_segments, n_mels, segment_frames)
         except AudioError as e:
-            reason = str(e).removeprefix(f"{path}: ")  # the manifest names the path already
+            # The manifest names the path already.
+            reason = str(e).removeprefix(f"{printable(path)}: ")
             known = known_faults.get(path)
             skipped[index] = f"{known} ({reason})" if known else reason
             continue
