@@ -145,4 +145,48 @@ def test_prepare_skips_lying_and_overlong_files_with_reasons(ray_session, hostil
     reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
     assert reasons[str(hostile_folder.lying)].startswith("its header declares 1,558,265 s")
     assert reasons[str(hostile_folder.long)].startswith("its header declares 12 s")
-    assert sum(c["tracks"] for c in manifest["counts"].values()) == 6
+    assert sum(c["tracks"] for c in manifest["counts"].values()) == 9  # 11 files, 2 refused
+
+
+def test_prepare_keeps_files_and_labels_named_in_latin1_bytes(
+    ray_session, hostile_folder, tmp_path
+):
+    """``caf\\xe9.wav`` and a ``chanson_fran\\xe7aise/`` label folder, named in Latin-1 bytes as
+    old archives unpack them: prepared like any file, with ids, labels and manifest paths
+    showing the stray byte as ``\\xe9``; the manifest stays valid UTF-8 JSON."""
+    from mrnet_ray.shards import open_prepared
+    from mrnet_ray.shards.job import prepare
+
+    feature = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    out = prepare("folder", hostile_folder.root, tmp_path / "p", feature=feature)
+    manifest = json.loads((out / "manifest.json").read_bytes().decode("utf-8"))
+    assert manifest["labels"] == ["chanson_fran\\xe7aise", "low", "mid"]
+    assert sum(c["tracks"] for c in manifest["counts"].values()) == 10  # 11 files, one lying
+    assert [s["path"].rsplit("/", 1)[-1] for s in manifest["skipped"]] == ["lying.flac"]
+    prepared = open_prepared(out)
+    ids = [i for split in ("train", "valid", "test") for i in prepared.read_arrays(split).track_id]
+    assert "mid/caf\\xe9" in ids
+    assert {"chanson_fran\\xe7aise/song0", "chanson_fran\\xe7aise/song1"} <= set(ids)
+    # the clip's rows are the frontend's segments of the file itself
+    arrays = {s: prepared.read_arrays(s) for s in ("train", "valid", "test")}
+    (split,) = [s for s, a in arrays.items() if "mid/caf\\xe9" in a.track_id]
+    rows = [i for i, t in enumerate(arrays[split].track_id) if t == "mid/caf\\xe9"]
+    expected = features.audio_to_segments(hostile_folder.latin1, feature)
+    np.testing.assert_allclose(arrays[split].mel[rows], expected, atol=1e-5)
+
+
+def test_mel_arrays_are_bounded_by_their_header_too(tmp_path):
+    from mrnet_ray.datasets import melon
+
+    cfg = melon.MELON_FEATURE.replace(segment_seconds=1.0, segment_hop_seconds=1.0)
+    lying = tmp_path / "lying.npy"
+    np.save(lying, np.zeros((48, 10), np.float32))
+    header = lying.read_bytes()
+    lying.write_bytes(header.replace(b"(48, 10)", b"(48, 10000000000)", 1))  # 1.9 TB claimed
+    with pytest.raises(features.AudioError, match=r"lying\.npy: cannot read mel array"):
+        melon.mel_to_segments(lying, cfg)
+    long = tmp_path / "long.npy"
+    np.save(long, np.zeros((48, 700), np.float32))  # 11.2 s at hop 256, 16 kHz
+    with pytest.raises(features.AudioError, match=r"700 frames \(11 s\), over the 10 s limit"):
+        melon.mel_to_segments(long, cfg.replace(max_track_seconds=10.0))
+    assert melon.mel_to_segments(long, cfg).shape == (11, 48, 62)

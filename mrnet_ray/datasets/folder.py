@@ -4,7 +4,8 @@ Splits: ``file`` (a CSV with header ``path,split``, paths relative to ROOT; file
 list are left out and reported), ``random`` (seeded, stratified; the default) or ``kfold``.
 ``group_regex`` is searched in each file stem and its first group keys related clips (e.g.
 ``^(.*)_clip\\d+$`` keys clips by piece), which then never straddle splits; a stem it does
-not match is its own group.
+not match is its own group. File and folder names need not be UTF-8: ids and labels show
+their stray bytes as ``\\xNN``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mrnet_ray.datasets import (
 )
 from mrnet_ray.datasets.splits import seeded_split
 from mrnet_ray.errors import UserError
+from mrnet_ray.text import printable
 
 LAYOUT = "ROOT/<label>/*.wav|flac|mp3|ogg (one folder per class)"
 
@@ -107,6 +109,9 @@ def list_tracks(root: Path, opts: SplitOptions) -> Listing:
         if split is None:
             skipped.append(Skipped(str(f), f"not listed in split file {opts.split_file}"))
             continue
-        track_id = f.relative_to(root).with_suffix("").as_posix()
-        tracks.append(Track(track_id, str(f), label, split, group))
+        # Ids and labels go into Arrow string columns and JSON; a name that is not UTF-8
+        # (Latin-1 bytes of old archives) is kept readable there as \xNN. The path stays
+        # as the OS gave it, so the file still opens.
+        track_id = printable(f.relative_to(root).with_suffix("").as_posix())
+        tracks.append(Track(track_id, str(f), printable(label), split, group))
     return Listing(tuple(tracks), tuple(skipped))

@@ -29,6 +29,7 @@ from mrnet_ray.shards import manifest
 from mrnet_ray.shards.ledger import Ledger
 from mrnet_ray.shards.segment import segment_tracks
 from mrnet_ray.shards.target import Target
+from mrnet_ray.text import printable
 
 CPUS_PER_TASK = 1.0
 """One CPU per decode task, as Ray Data's write tasks ask: equal requests let Ray fuse decode
@@ -84,9 +85,10 @@ def _nothing_prepared(root: Path, listing: Listing, failed: dict[int, str]) -> U
     prepared directory would only fail later, at training, for a reason it no longer names."""
     reasons = Counter(" ".join(r.split()) for r in failed.values())
     top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(2)) or "no segments"
-    example = listing.tracks[min(failed) if failed else 0].path
+    example = printable(listing.tracks[min(failed) if failed else 0].path)
     return UserError(
-        f"--root {root}: none of its {len(listing.tracks)} tracks gave a segment ({top}; e.g. "
+        f"--root {printable(str(root))}: none of its {len(listing.tracks)} tracks gave a "
+        f"segment ({top}; e.g. "
         f"{example}); no prepared data was written; replace the damaged files or check --root"
     )
 
@@ -120,20 +122,21 @@ def prepare(
             f"{target.uri} is up to date (content hash {digest}); nothing to do (--force rebuilds)"
         )
         return target.result
-    target.check_replaceable(existing, dataset, str(root), digest, force)
+    target.check_replaceable(existing, dataset, printable(str(root)), digest, force)
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     if nodes > 1:
-        print(f"note: {nodes} nodes read {root} and write {target.uri}: both must be shared")
+        where = printable(str(root))
+        print(f"note: {nodes} nodes read {where} and write {target.uri}: both must be shared")
     labels = listing.labels
     rows_by_split: dict[str, list[dict]] = defaultdict(list)
     for index, t in enumerate(listing.tracks):
         rows_by_split[t.split].append(
             {
-                "path": t.path,
+                "path": os.fsencode(t.path),  # bytes: any file name fits an Arrow column
                 "track_id": t.track_id,
                 "track_index": index,
                 "label": labels.index(t.label),

@@ -3,7 +3,8 @@
 Fields: ``format``, ``dataset``, ``root``, ``feature`` (FeatureConfig), ``labels`` (class names in
 label-id order), ``counts`` (per split: tracks, segments and tracks per class), ``skipped``
 (``{"path", "reason"}`` for every source left out: by the adapter, failed decodes, clips too
-short), ``content_hash``, ``created`` and ``mrnet_ray_version``.
+short), ``content_hash``, ``created`` and ``mrnet_ray_version``. Paths are text whatever the
+file names: bytes that are not UTF-8 show as ``\\xNN`` (:func:`mrnet_ray.text.printable`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import mrnet_ray
 from mrnet_ray.config import FeatureConfig
 from mrnet_ray.datasets import SPLITS, Listing, Skipped
+from mrnet_ray.text import printable
 
 MANIFEST = "manifest.json"
 """Its file name in a prepared directory."""
@@ -74,11 +76,11 @@ def build(
     return {
         "format": FORMAT,
         "dataset": dataset,
-        "root": str(root),
+        "root": printable(str(root)),
         "feature": feature.to_dict(),
         "labels": list(labels),
         "counts": counts,
-        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+        "skipped": [{"path": printable(s.path), "reason": s.reason} for s in skipped],
         "content_hash": digest,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mrnet_ray_version": mrnet_ray.__version__,

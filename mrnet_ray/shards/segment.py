@@ -1,16 +1,17 @@
 """The Ray Data stage of ``prepare``: track rows in, one row per log-mel segment out.
 
 :func:`segment_tracks` runs inside ``Dataset.map_batches`` on numpy batches of track rows
-(``path``, ``track_id``, ``track_index``, ``label``, ``label_name``, ``split``) and returns
-segment rows (the prepared directory's columns, ``mel`` as ``(n, n_mels, segment_frames)``).
+(``path`` as bytes, ``track_id``, ``track_index``, ``label``, ``label_name``, ``split``) and
+returns segment rows (the prepared directory's columns, ``mel`` as ``(n, n_mels, segment_frames)``).
 A file that fails to decode, is longer than ``max_track_seconds`` (by its header or its
-data), or is too short under ``short_clip="skip"``, yields no rows;
-its reason goes to the :class:`~mrnet_ray.shards.ledger.Ledger` actor together with every track's
-segment count, so one bad file never fails the job and the manifest can still report it.
+data), or is too short under ``short_clip="skip"``, yields no rows; its reason goes to the
+:class:`~mrnet_ray.shards.ledger.Ledger` actor together with every track's segment count, so
+one bad file never fails the job and the manifest can still report it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,7 +50,8 @@ def segment_tracks(
     counts: dict[int, int] = {}
     skipped: dict[int, str] = {}
     for i in range(len(batch["path"])):
-        path, index = str(batch["path"][i]), int(batch["track_index"][i])
+        # The path travels as bytes (an Arrow binary column holds any file name).
+        path, index = os.fsdecode(bytes(batch["path"][i])), int(batch["track_index"][i])
         try:
             segs = _segments_of(path, cfg, kind)  # (n_segments, n_mels, segment_frames)
         except AudioError as e:
