@@ -262,11 +262,15 @@ def test_without_mlflow_ranks_from_ray_results_and_exports_unregistered(
     bundle_dir, printed = exported
     out = tmp_path / "offline"
     args = ["--run-dir", str(search), "--export", str(out), "--mlflow-uri", uri(tmp_path)]
-    offline = run(best.main, args)
-    assert "is unavailable (no store file" in capsys.readouterr().err
+    stdout = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(stdout):
+        best.main(args)  # the bundle is written, then the exit says it is not registered
+    assert e.value.code == 2
+    offline, err = stdout.getvalue(), capsys.readouterr().err
+    assert "is unavailable (no store file" in err
     assert "from Ray results" in offline
     assert table_rows(offline)[0][:4] == table_rows(printed)[0][:4]
-    assert "written but not registered" in offline
+    assert f"error: {out}: written but not registered" in err
     ours, theirs = load_file(out / WEIGHTS), load_file(bundle_dir / WEIGHTS)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same checkpoint

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 import mrnet_ray
 from mrnet_ray import tracking
 from mrnet_ray.config import TrialConfig
@@ -67,6 +69,14 @@ def report_files(
     }
 
 
+def unregistered(bundle: Path, why: str) -> UserError:
+    """The one line (exit 2) of an export whose bundle is written but could not be registered."""
+    return UserError(
+        f"{bundle}: written but not registered in MLflow ({why}); once the store answers, run "
+        "the same `best --export` again to register it (predict reads the bundle as it is)"
+    )
+
+
 def export_winner(
     search: dict[str, Any],
     run_dir: Path,
@@ -77,7 +87,11 @@ def export_winner(
     alias: str,
     uri: str | None,
 ) -> Path:
-    """Export ``winner`` to ``out`` and, with a store ``uri``, register it; prints each step."""
+    """Export ``winner`` to ``out`` and, with a store ``uri``, register it; prints each step.
+
+    The bundle is written first; if it cannot then be registered (no store, or the store
+    failed), :func:`unregistered` says so and how to register it later.
+    """
 
     train_run = trial_location(search, winner.trial_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,9 +134,10 @@ def export_winner(
     )  # fmt: skip
     print(f"bundle: {bundle} ({', '.join(sorted(p.name for p in bundle.iterdir()))})")
     if uri is None:
-        print("MLflow unavailable: the bundle is written but not registered; export again "
-              "once the store is back")  # fmt: skip
-    else:
+        raise unregistered(bundle, "it was unavailable when the trials were ranked")
+    try:
         lines = register(uri, search, run_dir, bundle, model, example, name, alias, test, lineage)
-        print("\n".join(lines))
+    except (UserError, MlflowException, OSError) as e:  # requests' errors are OSErrors
+        raise unregistered(bundle, " ".join(str(e).split())[:300]) from None
+    print("\n".join(lines))
     return bundle
