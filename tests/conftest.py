@@ -1,6 +1,7 @@
 """Shared fixtures: real audio trees in each dataset's layout, one Ray session, tiny prepared data.
 
-The fixtures live in ``fixtures/`` by concern (``audio``, ``trees``, ``servers``, ``cluster``);
+The fixtures live in ``fixtures/`` by concern (``audio``, ``trees``, ``servers``, ``cluster``,
+``models``);
 this file sets the environment before Ray is imported anywhere and makes them visible to every
 test. Trees are session-scoped (built once, read-only for tests); a test that needs to change
 files copies a tree first.
@@ -28,5 +29,6 @@ for _key, _value in {
 
 from fixtures.audio import audio_folder, hostile_folder  # noqa: E402, F401
 from fixtures.cluster import ray_session, tiny_feature, tiny_prepared  # noqa: E402, F401
+from fixtures.models import registered, tiny_bundle  # noqa: E402, F401
 from fixtures.servers import s3_uri  # noqa: E402, F401
 from fixtures.trees import fma_tree, gtzan_tree, melon_tree  # noqa: E402, F401
