@@ -86,7 +86,7 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(directory))
 
 
-def _token() -> str:
+def process_token() -> str:
     """``<host>-<pid>-<random>``: unique, and says which process of which host made it."""
     host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32]
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -96,7 +96,7 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a unique temporary sibling, flushed, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{_token()}")
+    tmp = path.with_name(f".{path.name}.tmp-{process_token()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -124,14 +124,20 @@ def _alive(host: str, pid: str) -> bool:
     return True
 
 
+def token_in_use(token: str) -> bool:
+    """Whether the process a :func:`process_token` names may still be running (always, for
+    another host's: there is no asking it)."""
+    host, _, rest = token.partition("-")
+    return _alive(host, rest.partition("-")[0])
+
+
 def stale_staging(target: Path) -> list[Path]:
     """Remove the staging and moved-aside siblings of ``target`` that a killed process of
     this host left behind; returns what was removed."""
     removed = []
     for kind in ("tmp", "old"):
         for path in target.parent.glob(f"{target.name}.{kind}-*"):
-            host, _, rest = path.name.removeprefix(f"{target.name}.{kind}-").partition("-")
-            if not _alive(host, rest.partition("-")[0]):
+            if not token_in_use(path.name.removeprefix(f"{target.name}.{kind}-")):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
@@ -147,7 +153,7 @@ def replace_dir(target: str | os.PathLike[str], *, quiet: bool = False) -> Itera
     for path in stale_staging(target):
         if not quiet:
             print(f"removed {path}, left by an interrupted run")
-    staging = target.parent / f"{target.name}.tmp-{_token()}"
+    staging = target.parent / f"{target.name}.tmp-{process_token()}"
     staging.mkdir()
     try:
         yield staging
@@ -155,7 +161,7 @@ def replace_dir(target: str | os.PathLike[str], *, quiet: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = target.parent / f"{target.name}.old-{_token()}"
+    old = target.parent / f"{target.name}.old-{process_token()}"
     if target.exists():
         target.rename(old)
     staging.rename(target)

@@ -52,9 +52,10 @@ def s3_prepared(ray_session, audio_folder, tiny_feature, s3_uri) -> str:
 def test_prepared_shards_are_in_the_bucket(s3_prepared):
     files = _files(s3_prepared)
     assert "manifest.json" in files
-    for split in ("train", "valid", "test"):
-        assert any(f.startswith(f"{split}/") and f.endswith(".parquet") for f in files), split
     prepared = open_prepared(s3_prepared)
+    for split in ("train", "valid", "test"):  # under the shard prefix the manifest names
+        shards = f"{prepared.shards}/{split}/"
+        assert any(f.startswith(shards) and f.endswith(".parquet") for f in files), split
     assert prepared.path == s3_prepared and prepared.segments("train") > 0
 
 

@@ -4,9 +4,10 @@ The adapter lists tracks and splits; Ray Data decodes and segments them in paral
 the cluster (``map_batches``, one task per CPU, each writing its own Parquet file) into
 ``DIR/<split>/*.parquet``; ``manifest.json`` is written last. On a local disk all of
 it goes to a staging sibling that is renamed to ``DIR`` at the end, so ``DIR`` only ever
-appears complete; on object stores (``s3://...``) files go straight to ``DIR`` and
-the manifest, written last, marks it complete. A re-run whose inputs (listing with sizes and
-mtimes, feature settings, format) hash the same does nothing unless ``force``.
+appears complete; on object stores (``s3://...``) the shards go to a new prefix of ``DIR``
+and the manifest, written last, switches to it, so a killed re-prepare leaves the previous
+data readable (:mod:`~mrnet_ray.shards.target`). A re-run whose inputs (listing with sizes
+and mtimes, feature settings, format) hash the same does nothing unless ``force``.
 
 On a multi-node cluster every node reads the sources and writes shards, so ``--root`` must be
 a path all nodes see (a shared mount) and ``--out`` a shared path or an ``s3://`` URI.

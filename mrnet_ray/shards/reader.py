@@ -3,7 +3,9 @@
 ``DIR/manifest.json`` plus ``DIR/<split>/*.parquet`` with one row per segment: ``track_id``,
 ``track_index``, ``segment``, ``label``, ``label_name``, ``split`` and ``mel`` (a float32
 ``(n_mels, frames)`` tensor). ``DIR`` may be a local path or an object-store URI
-(``s3://bucket/prefix``): everything goes through ``pyarrow.fs``.
+(``s3://bucket/prefix``): everything goes through ``pyarrow.fs``. On object stores the splits
+are under the prefix the manifest's ``shards`` names (``DIR/<shards>/<split>/``), so that a
+re-prepare can write new ones beside them (:mod:`~mrnet_ray.shards.target`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ class Prepared:
     feature: FeatureConfig
     labels: tuple[str, ...]
     content_hash: str
+    shards: str = ""
+    """The prefix under ``path`` that holds the splits ("" for the split folders themselves)."""
+
+    def split_location(self, split: str) -> tuple[pafs.FileSystem, str]:
+        """The filesystem and the folder of one split's Parquet files."""
+        fs, path, _ = storage.resolve(self.path)
+        return fs, "/".join(p for p in (path, self.shards, split) if p)
 
     def check_features(self, expected: FeatureConfig) -> None:
         """UserError naming the fields where this directory's settings differ from ``expected``."""
@@ -70,7 +79,6 @@ class Prepared:
         """``{split: ray.data.Dataset}`` read lazily from the shards (needs Ray)."""
         import ray.data
 
-        fs, path, _ = storage.resolve(self.path)
         out = {}
         for split in splits:
             if self.segments(split) == 0:
@@ -78,16 +86,17 @@ class Prepared:
                     f"{self.path}: split {split!r} holds no segments; re-run prepare with a "
                     "split mode or fractions that put tracks there"
                 )
-            out[split] = ray.data.read_parquet(f"{path}/{split}", filesystem=fs)
+            fs, folder = self.split_location(split)
+            out[split] = ray.data.read_parquet(folder, filesystem=fs)
         return out
 
     def read_arrays(self, split: str) -> SplitArrays:
         """One split as numpy arrays, without Ray (evaluation, benchmarks, tests)."""
-        fs, path, _ = storage.resolve(self.path)
+        fs, folder = self.split_location(split)
         n_mels, frames = self.feature.n_mels, self.feature.segment_frames
         files = sorted(
             info.path
-            for info in fs.get_file_info(pafs.FileSelector(f"{path}/{split}", allow_not_found=True))
+            for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
             if info.path.endswith(".parquet")
         )
         if not files:
@@ -133,7 +142,10 @@ def open_prepared(path: str | os.PathLike[str]) -> Prepared:
         feature = FeatureConfig.from_dict(manifest["feature"])
         labels = tuple(manifest["labels"])
         digest = str(manifest["content_hash"])
+        shards = str(manifest.get("shards", ""))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{uri}/{MANIFEST}: malformed ({e}); re-run prepare --force") from None
     local = isinstance(fs, pafs.LocalFileSystem)
-    return Prepared(inner if local else uri, manifest, feature, labels, digest)
+    if "/" in shards or shards.startswith("."):  # one folder of DIR, nothing outside it
+        raise UserError(f"{uri}/{MANIFEST}: shards {shards!r} is not a folder of it; prepare again")
+    return Prepared(inner if local else uri, manifest, feature, labels, digest, shards)
