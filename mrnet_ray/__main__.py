@@ -13,7 +13,8 @@ COMMANDS = {
     "train": "Train one model on prepared shards (Ray Train).",
     "tune": "Search the architecture and optimisation (Ray Tune + Optuna, MLflow).",
     "best": "List the best trials of a search; --export writes a model bundle.",
-    "predict": "Classify audio files with an exported model.",
+    "predict": "Classify audio files with an exported model; --input: a whole collection.",
+    "serve": "Serve a model over HTTP with Ray Serve (POST /predict).",
     "ui": "Start the MLflow UI on a search's tracking store.",
 }
 

@@ -22,6 +22,7 @@ both exported formats against PyTorch before the bundle appears.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -182,6 +183,13 @@ def _check_replaceable(out: Path) -> None:
 
 def _fail(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: {' '.join(problem.split())}; {REEXPORT}")
+
+
+def weights_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of the bundle's ``model.safetensors``: what the registry tags a version with
+    and checks a downloaded bundle against."""
+    with open(Path(path) / WEIGHTS, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:

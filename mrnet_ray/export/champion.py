@@ -10,6 +10,11 @@ content hashes). A holder tested on other data, or lacking those tags, keeps the
 accuracies on different test sets do not compare, so that move is left to a person (the
 MLflow UI sets aliases). A first version takes the alias.
 
+Registration tags the version with the sha256 of the bundle's weights
+(:data:`~mrnet_ray.tracking.registry.TAG_WEIGHTS_SHA256`), which ``predict models:/...``
+checks, and re-reads the alias after moving it (:func:`claim_alias`), so that two exports
+running at once cannot both report that they took it.
+
 >>> from mrnet_ray.tracking import ModelVersion
 >>> old = ModelVersion("m", "1", "r1", {TAG_TEST_ACC: "0.8", TAG_DATA_HASH: "abc"})
 >>> champion_decision("champion", "2", 0.9, "abc", old)[0]
@@ -23,6 +28,7 @@ False
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,17 @@ import numpy as np
 import torch
 
 from mrnet_ray import tracking
+from mrnet_ray.export.bundle import weights_sha256
 from mrnet_ray.tracking import TAG_DATA_HASH, TAG_TEST_ACC, ModelVersion
+from mrnet_ray.tracking.registry import TAG_WEIGHTS_SHA256
+
+ALIAS_SETTLE_S = 0.5
+"""Seconds between re-reads of a moved alias: far longer than an export takes from reading the
+holder to writing the alias (two registry calls), so a concurrent writer's move shows."""
+ALIAS_CHECKS = 2
+"""Re-reads that must all find this export's version before it reports taking the alias."""
+ALIAS_ROUNDS = 5
+"""Times an export moves the alias back to its version before leaving the contest to a person."""
 
 
 def champion_decision(
@@ -73,18 +89,54 @@ def register(
         TAG_DATA_HASH: data_hash,
         tracking.TAG_CODE_VERSION: lineage["code_version"],
         TAG_TEST_ACC: repr(acc),  # repr round-trips the float exactly
+        TAG_WEIGHTS_SHA256: weights_sha256(bundle),
     }
     run_id, model_uri = tracking.log_export(
         uri, where.experiment_id, search.get("parent_run_id"), f"export-{lineage['trial_id']}",
         model, example, bundle, tags, test,
     )  # fmt: skip
-    current = tracking.alias_version(uri, name, alias)
     version = tracking.register_version(uri, name, model_uri, run_id, tags)
-    move, sentence = champion_decision(alias, version.version, acc, data_hash, current)
-    if move:
-        tracking.set_alias(uri, name, alias, version.version)
+    sentence = claim_alias(uri, name, alias, version.version, acc, data_hash)
     return [
         f"MLflow: export run {run_id} under search run {search.get('parent_run_id')} ({uri})",
         f"registered {name} version {version.version} ({model_uri})",
         sentence,
     ]
+
+
+def claim_alias(
+    uri: str, name: str, alias: str, version: str, acc: float, data_hash: str,
+    settle_s: float = ALIAS_SETTLE_S,
+) -> str:  # fmt: skip
+    """Move ``alias`` to ``version`` if :func:`champion_decision` says so; the sentence saying
+    what became of it.
+
+    MLflow has no compare-and-set for aliases: two exports that read the holder at the same
+    moment may both decide to move it, and the later write wins. So after a move the alias is
+    re-read :data:`ALIAS_CHECKS` times, ``settle_s`` apart. If another version holds it by
+    then, the rule runs again against that version: this export moves it back only if it
+    beats that version, else it reports that the other one took the alias. An export reports
+    the alias as its own only when every re-read after its last write found its version.
+    """
+    holder = tracking.alias_version(uri, name, alias)
+    move, sentence = champion_decision(alias, version, acc, data_hash, holder)
+    for _ in range(ALIAS_ROUNDS):
+        if not move:
+            return sentence
+        tracking.set_alias(uri, name, alias, version)
+        for _ in range(ALIAS_CHECKS):
+            time.sleep(settle_s)
+            holder = tracking.alias_version(uri, name, alias)
+            if holder is None or holder.version != version:
+                break
+        else:
+            return sentence
+        move, sentence = champion_decision(alias, version, acc, data_hash, holder)
+        if not move and holder is not None:
+            sentence += f" (version {holder.version} took the alias while this export moved it)"
+    if not move:
+        return sentence
+    return (
+        f"alias {alias} contested: another export kept moving it after {ALIAS_ROUNDS} tries; "
+        "check which version holds it in the MLflow UI"
+    )

@@ -4,24 +4,36 @@ Every file goes through :func:`mrnet_ray.features.audio_to_segments` with the bu
 FeatureConfig, the code path preparation used, so inference sees exactly the features
 training saw. The model scores each segment; a track's prediction is the softmax of its
 segments' mean logits, whose arg-max is the track-level prediction validation measured.
+
+``predict`` runs these steps one file at a time; serving (:mod:`~mrnet_ray.inference.serving`),
+bulk inference (:mod:`~mrnet_ray.inference.bulk`) and the MLflow pyfunc model run the same
+steps on several files at once (:func:`file_segments`, then :func:`predict_batch`: their
+segments in one forward pass), so every way of asking gives the same answer for a file.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from mrnet_ray.config import FeatureConfig
 from mrnet_ray.errors import UserError
-from mrnet_ray.export.bundle import Bundle, load_bundle
-from mrnet_ray.features import AudioError, audio_to_segments
-from mrnet_ray.text import format_table
+from mrnet_ray.export.bundle import WEIGHTS, Bundle, load_bundle, weights_sha256
+from mrnet_ray.features import AudioError, AudioSource, audio_to_segments
+from mrnet_ray.text import format_table, printable
+
+if TYPE_CHECKING:
+    from mrnet_ray.tracking import ModelVersion
 
 BATCH = 64
+"""Segments per forward pass."""
 REGISTRY = "models:/"
 
 
@@ -36,11 +48,31 @@ class Prediction:
     """``(n_segments, n_classes)``: softmax of each segment's logits."""
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model answers: its registered name and version (None for a bundle directory, named
+    after it) and the sha256 of its weights."""
+
+    name: str
+    version: str | None
+    sha256: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 def open_model(model: str, mlflow_uri: str | None = None) -> Bundle:
     """A bundle directory, or a registered model's bundle fetched from the store."""
+    return open_model_info(model, mlflow_uri)[0]
+
+
+def open_model_info(model: str, mlflow_uri: str | None = None) -> tuple[Bundle, ModelInfo]:
+    """:func:`open_model` and what it opened. A registered model's downloaded weights must
+    hash to the sha256 its version was tagged with at registration, or it is refused."""
     if not model.startswith(REGISTRY):
-        return load_bundle(model)
-    from mrnet_ray import tracking  # MLflow loads only for registered models
+        bundle = load_bundle(model)
+        return bundle, ModelInfo(bundle.path.resolve().name, None, weights_sha256(bundle.path))
+    from mrnet_ray.tracking import missing_local_store, registry  # MLflow loads only here
 
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -48,32 +80,109 @@ def open_model(model: str, mlflow_uri: str | None = None) -> Bundle:
             f"{model}: a registered model needs its tracking store; pass --mlflow-uri "
             "(e.g. sqlite:///runs/NAME/mlflow.db) or set MLFLOW_TRACKING_URI"
         )
-    missing = tracking.missing_local_store(uri)
+    missing = missing_local_store(uri)
     if missing:
         raise UserError(f"--mlflow-uri {uri}: no store file {missing}; check the path")
-    version = tracking.resolve_model_uri(uri, model)
+    version = registry.resolve_model_uri(uri, model)
     with tempfile.TemporaryDirectory() as tmp:
-        return load_bundle(tracking.download_bundle(uri, version, Path(tmp)))
+        path = registry.download_bundle(uri, version, Path(tmp))
+        digest = _checked_digest(model, version, path)
+        return load_bundle(path), ModelInfo(version.name, version.version, digest)
+
+
+def _checked_digest(model: str, version: ModelVersion, path: Path) -> str:
+    """The downloaded weights' sha256, if it is the one the version was registered with."""
+    from mrnet_ray.tracking.registry import TAG_WEIGHTS_SHA256
+
+    where = f"{model} (version {version.version})"
+    expected = version.tags.get(TAG_WEIGHTS_SHA256)
+    if not expected:
+        raise UserError(
+            f"{where}: the version has no {TAG_WEIGHTS_SHA256} tag, so its downloaded weights "
+            "cannot be checked; re-export with python -m mrnet_ray.best --export"
+        )
+    if not (path / WEIGHTS).is_file():
+        return expected  # load_bundle names the missing file
+    actual = weights_sha256(path)
+    if actual != expected:
+        raise UserError(
+            f"{where}: the downloaded {WEIGHTS} has sha256 {actual[:16]}..., not the "
+            f"{expected[:16]}... it was registered with; its artifacts changed after "
+            "registration, so it is refused; re-export with python -m mrnet_ray.best --export"
+        )
+    return actual
+
+
+def absolute_store(uri: str | None) -> str | None:
+    """The store a ``models:/`` reference reads from (``uri``, else ``MLFLOW_TRACKING_URI``),
+    a relative ``sqlite:///path`` made absolute: for processes that do not share this one's
+    working directory or environment (Ray workers, Serve replicas).
+
+    >>> absolute_store("sqlite:////abs/mlflow.db"), absolute_store("http://host:5000")
+    ('sqlite:////abs/mlflow.db', 'http://host:5000')
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    prefix = "sqlite:///"
+    if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    return prefix + str(Path(uri[len(prefix) :]).absolute())
+
+
+def pinned(model: str, info: ModelInfo) -> str:
+    """What other processes should open to get the model :func:`open_model_info` opened: the
+    version an alias named (``models:/NAME/V``), or the bundle's absolute path."""
+    if model.startswith(REGISTRY):
+        return f"{REGISTRY}{info.name}/{info.version}"
+    return str(Path(model).expanduser().absolute())
+
+
+def _label(source: AudioSource, name: str) -> str:
+    return name if hasattr(source, "read") else printable(os.fspath(source))
+
+
+def file_segments(source: AudioSource, feature: FeatureConfig, name: str = "<audio>") -> np.ndarray:
+    """Decode and cut one file (a path, or a binary file-like object called ``name`` in
+    messages) -> ``(n_segments, n_mels, segment_frames)``; AudioError if it gives none."""
+    segments = audio_to_segments(source, feature, name=name)
+    if len(segments) == 0:
+        raise AudioError(
+            f"{_label(source, name)}: shorter than one {feature.segment_seconds:g} s "
+            "segment, which this model's feature settings skip (short_clip=skip)"
+        )
+    return segments
+
+
+def segment_logits(model: torch.nn.Module, segments: np.ndarray) -> torch.Tensor:
+    """``(n_segments, n_mels, frames)`` -> logits ``(n_segments, n_classes)`` on the CPU, in
+    forward passes of :data:`BATCH` segments on the model's device."""
+    device = next(model.parameters()).device
+    x = torch.from_numpy(segments)
+    with torch.no_grad():
+        return torch.cat(
+            [model(x[i : i + BATCH].to(device)).cpu() for i in range(0, len(x), BATCH)]
+        )
+
+
+def track_prediction(file: str, logits: torch.Tensor) -> Prediction:
+    """One file's segment logits ``(n_segments, n_classes)`` -> its :class:`Prediction`."""
+    track = torch.softmax(logits.mean(dim=0), dim=0)  # (n_classes,)
+    per_segment = torch.softmax(logits, dim=1)  # (n_segments, n_classes)
+    return Prediction(file, track.numpy(), per_segment.numpy())
+
+
+def predict_batch(
+    model: torch.nn.Module, batch: Sequence[np.ndarray], files: Sequence[str]
+) -> list[Prediction]:
+    """Several files' segments through the model together: one :class:`Prediction` each."""
+    counts = [len(s) for s in batch]
+    logits = segment_logits(model, np.concatenate(batch))  # (sum(counts), n_classes)
+    return [track_prediction(f, part) for f, part in zip(files, logits.split(counts), strict=True)]
 
 
 def predict_file(bundle: Bundle, path: str | os.PathLike[str]) -> Prediction:
     """Decode, cut and score one file; AudioError if it is unreadable or too short."""
-    segments = audio_to_segments(path, bundle.feature)  # (n_segments, n_mels, frames)
-    if len(segments) == 0:
-        raise AudioError(
-            f"{path}: shorter than one {bundle.feature.segment_seconds:g} s segment, which "
-            "this model's feature settings skip (short_clip=skip)"
-        )
-    with torch.no_grad():
-        logits = torch.cat(
-            [
-                bundle.model(torch.from_numpy(segments[i : i + BATCH]))
-                for i in range(0, len(segments), BATCH)
-            ]
-        )  # (n_segments, n_classes)
-        track = torch.softmax(logits.mean(dim=0), dim=0)  # (n_classes,)
-        per_segment = torch.softmax(logits, dim=1)
-    return Prediction(os.fspath(path), track.numpy(), per_segment.numpy())
+    segments = file_segments(path, bundle.feature)  # (n_segments, n_mels, frames)
+    return track_prediction(os.fspath(path), segment_logits(bundle.model, segments))
 
 
 def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[dict]:
@@ -84,6 +193,20 @@ def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[di
     """
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [{"label": labels[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+
+def answer(p: Prediction, labels: tuple[str, ...], k: int) -> dict:
+    """One file's answer as serving, bulk inference and the pyfunc model give it: the label,
+    its probability, the ``k`` likeliest ``{"label", "prob"}`` and the segment count."""
+    ranked = [
+        {"label": r["label"], "prob": r["probability"]} for r in top_k(p.probabilities, labels, k)
+    ]
+    return {
+        "label": ranked[0]["label"],
+        "prob": ranked[0]["prob"],
+        "top_k": ranked,
+        "segments": len(p.segment_probabilities),
+    }
 
 
 def to_json(p: Prediction, bundle: Bundle, k: int, segments: bool) -> dict:

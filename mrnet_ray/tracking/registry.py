@@ -1,5 +1,10 @@
 """The model registry: ``best --export`` logs and registers bundles, ``predict models:/...``
-reads them back."""
+reads them back.
+
+An export run holds the PyTorch model (``model``), the bundle's files (``bundle/``) and the
+pyfunc model that takes audio (``audio_model``, :mod:`~mrnet_ray.tracking.pyfunc`); the
+registered version is the pyfunc model, tagged with the sha256 of the bundle's weights, which
+``predict models:/...`` checks the downloaded bundle against."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ TAG_TEST_ACC = "test_track_acc"
 """Model-version tag: track accuracy on the prepared data's test split."""
 TAG_SOURCE_TRIAL = "mrnet_ray.source_trial"
 """Export runs name their trial here, not in ``trial_id``, which marks trial runs."""
+TAG_WEIGHTS_SHA256 = "weights_sha256"
+"""Model-version tag: hex sha256 of the bundle's ``model.safetensors``."""
 BUNDLE_ARTIFACTS = "bundle"
 """Artifact folder of an export run holding the exported bundle's files."""
 
@@ -47,7 +54,9 @@ def log_export(
     metrics: Mapping[str, float] = {},
 ) -> tuple[str, str]:
     """A new run (nested under ``parent_run_id``) holding ``metrics``, the model in MLflow's
-    format and the bundle's files under :data:`BUNDLE_ARTIFACTS`; returns ``(run_id, model_uri)``.
+    format, the bundle's files under :data:`BUNDLE_ARTIFACTS` and the pyfunc model of the
+    bundle; returns ``(run_id, model_uri)`` of the pyfunc model, the one to register.
+    ``tags`` (set on the run) must hold :data:`TAG_WEIGHTS_SHA256`.
 
     The signature leaves batch and frames open: ``(-1, n_mels, -1)`` -> ``(-1, n_classes)``.
     MLflow 3 saves the model with ``torch.export`` (no pickle); the input example must have
@@ -62,6 +71,8 @@ def log_export(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    from mrnet_ray.tracking.pyfunc import log_audio_model
+
     with torch.no_grad():
         n_classes = model(torch.from_numpy(input_example)).shape[1]
     n_mels = input_example.shape[1]
@@ -73,7 +84,7 @@ def log_export(
     run_tags = {**tags, **({TAG_PARENT: parent_run_id} if parent_run_id else {})}
     run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
     with _global_uri(uri), mlflow.start_run(run_id=run_id):  # log_model is fluent-only
-        info = mlflow.pytorch.log_model(
+        mlflow.pytorch.log_model(
             model,
             name="model",
             signature=signature,
@@ -82,8 +93,9 @@ def log_export(
             pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
         )
         client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACTS)
+        audio_uri = log_audio_model(bundle_dir, tags[TAG_WEIGHTS_SHA256])
         log_metrics(client, run_id, metrics, step=0)
-    return run_id, info.model_uri
+    return run_id, audio_uri
 
 
 @contextlib.contextmanager
@@ -138,7 +150,17 @@ def alias_version(uri: str, name: str, alias: str) -> ModelVersion | None:
 
 
 def set_alias(uri: str, name: str, alias: str, version: str) -> None:
-    MlflowClient(uri).set_registered_model_alias(name, alias, version)
+    """Point ``alias`` at ``version``. Two first writes of an alias at once can collide in a
+    database store (both insert: a unique-constraint error); the second then updates."""
+    client = MlflowClient(uri)
+    for attempt in range(3):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as e:
+            collided = "UNIQUE constraint" in str(e) or "Duplicate entry" in str(e)
+            if not collided or attempt == 2:
+                raise
 
 
 def resolve_model_uri(uri: str, model_uri: str) -> ModelVersion:
