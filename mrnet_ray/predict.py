@@ -2,6 +2,8 @@
 
     python -m mrnet_ray.predict MODEL AUDIO... [--top-k K] [--json] [--segments]
         [--mlflow-uri URI]
+    python -m mrnet_ray.predict MODEL --input DIR|s3://PREFIX --output OUT.parquet|OUT.csv
+        [--top-k K] [--actors N] [--mlflow-uri URI]
 
 MODEL is a bundle directory (``python -m mrnet_ray.best --export``) or a registered model,
 ``models:/<name>@<alias>`` or ``models:/<name>/<version>``, whose bundle is downloaded from the
@@ -33,12 +35,19 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("model", help="bundle directory, or models:/<name>@<alias>")
-    p.add_argument("audio", nargs="+", help="audio files (any format soundfile reads)")
+    p.add_argument("audio", nargs="*", help="audio files (any format soundfile reads)")
     p.add_argument("--top-k", type=int, default=3, help="labels per file (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--segments", action="store_true", help="add per-segment predictions")
     p.add_argument("--mlflow-uri", help="store of models:/ (default $MLFLOW_TRACKING_URI)")
-    return p
+    p.add_argument("--input", help="classify every audio file under DIR or s3://PREFIX (Ray Data)")
+    p.add_argument("--output", help="with --input: OUT.parquet or OUT.csv, one row per file")
+    p.add_argument(
+        "--actors",
+        type=int,
+        help="with --input: model actors (default: one per GPU, else one per two CPUs)",
+    )
+    return p  # fmt: skip
 
 
 @cli
@@ -46,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: must be >= 1")
+    if args.input is not None or args.output is not None:
+        _bulk(args)
+        return
+    if not args.audio:
+        raise UserError("give audio files to classify, or --input DIR --output OUT.parquet")
     bundle = open_model(args.model, args.mlflow_uri)
     k = min(args.top_k, len(bundle.labels))
     results, failed = [], 0
@@ -65,6 +79,24 @@ def main(argv: list[str] | None = None) -> None:
         print(table(good, k))
     if failed:
         raise SystemExit(EXIT_USER_ERROR)
+
+
+def _bulk(args: argparse.Namespace) -> None:
+    if args.audio:
+        raise UserError(f"give audio files or --input, not both ({args.audio[0]} and --input)")
+    if args.input is None or args.output is None:
+        raise UserError("--input DIR and --output OUT.parquet|OUT.csv go together")
+    if args.json or args.segments:
+        raise UserError("--json and --segments print per-file results; --input writes --output")
+    if args.actors is not None and args.actors < 1:
+        raise UserError(f"--actors {args.actors}: must be >= 1")
+    from mrnet_ray.inference.bulk import BulkOptions, classify_collection  # imports Ray
+
+    opts = BulkOptions(
+        model=args.model, input=args.input, output=args.output, mlflow_uri=args.mlflow_uri,
+        top_k=args.top_k, actors=args.actors,
+    )  # fmt: skip
+    classify_collection(opts)
 
 
 if __name__ == "__main__":
