@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # Chromium drives the MLflow UI test.
 APT_PACKAGES := fluidsynth timgm6mb-soundfont chromium
 
-.PHONY: install sysdeps lint format test test-fast demo bench bench-quick ui clean
+.PHONY: install sysdeps lint format test test-fast demo bench bench-quick gpu-check ui clean
 
 install: $(STAMP) sysdeps
 
@@ -102,6 +102,11 @@ bench: install
 # The same, smaller (under 5 minutes) -> benchmarks/quick/RESULTS.md
 bench-quick: install
 	$(PY) benchmarks/run.py --quick --data $(DATA)/demo
+
+# The CUDA path checked and measured in at most 5 minutes on one GPU (without one: the CPU smoke
+# mode, seconds): make gpu-check [JSON=runs/gpu_check.json]. Exits 1 if a check fails.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --json $${JSON:-runs/gpu_check.json}
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
