@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         "--max-failures", type=int,
         help=f"restarts of a failed trial from its checkpoint (default {d['max_failures']})",
     )  # fmt: skip
+    p.add_argument(
+        "--warm-start", action="append", metavar="RUN_DIR",
+        help="start from an earlier search's trials (repeatable)",
+    )  # fmt: skip
     p.add_argument("--name", help="search name (default: space-dataset-datahash)")
     p.add_argument("--run-dir", help="default runs/<name>")
     p.add_argument(
@@ -114,6 +118,7 @@ def _start(args: argparse.Namespace) -> int:
         mlflow_uri=args.mlflow_uri,
         scheduler=args.scheduler,
         time_budget_s=args.time_budget,
+        warm_start=tuple(str(Path(w).expanduser().resolve()) for w in args.warm_start or ()),
         resources=ResourcesConfig.from_flags(
             args.workers, args.cpus_per_worker, args.gpus_per_worker
         ),

@@ -77,7 +77,8 @@ def search(ray_session, tiny_prepared, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(search) -> tuple[Path, str]:
     """``best --export`` into the run directory: the bundle and what the command printed."""
-    printed = run(best.main, ["--run-dir", str(search), "--export", "--register-name", NAME])
+    args = ["--run-dir", str(search), "--export", "--confirm", "0", "--register-name", NAME]
+    printed = run(best.main, args)  # the single best trial (confirmation: test_confirm.py)
     return search / "best", printed
 
 
@@ -261,7 +262,8 @@ def test_without_mlflow_ranks_from_ray_results_and_exports_unregistered(
 ):
     bundle_dir, printed = exported
     out = tmp_path / "offline"
-    args = ["--run-dir", str(search), "--export", str(out), "--mlflow-uri", uri(tmp_path)]
+    args = ["--run-dir", str(search), "--export", str(out), "--confirm", "0",
+            "--mlflow-uri", uri(tmp_path)]  # fmt: skip
     stdout = io.StringIO()
     with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(stdout):
         best.main(args)  # the bundle is written, then the exit says it is not registered

@@ -97,7 +97,10 @@ def from_mlflow(search: dict[str, Any], uri: str, metric: str) -> list[Candidate
     names = list(dict.fromkeys([metric, TIE_METRIC]))
     try:
         tracking.check_reachable(uri)
-        runs = tracking.list_trial_runs(uri, search["experiment"], parent)
+        runs = [  # the search's own trials, not the runs that confirmed its winners
+            r for r in tracking.list_trial_runs(uri, search["experiment"], parent)
+            if tracking.TAG_ROLE not in r.tags
+        ]  # fmt: skip
         histories = [tracking.metric_histories(uri, [r.run_id for r in runs], n) for n in names]
     except (UserError, MlflowException, OSError) as e:
         raise StoreUnavailable(" ".join(str(e).split())[:300]) from None

@@ -15,7 +15,7 @@ trimmed to what a search knows about its model.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,10 @@ class CardFacts:
     lineage: Mapping[str, Any]
     params: int
     flops: int
+    chosen_by: str = ""
+    """How the exported run was chosen, in words."""
+    confirmation: Sequence[Mapping[str, Any]] = ()
+    """The confirmation's table (``Confirmed.to_json()`` rows), best mean first."""
 
 
 def _plain(v: Any) -> str:
@@ -112,6 +116,26 @@ def _data_section(facts: CardFacts) -> list[str]:
     return lines
 
 
+def _choice_section(facts: CardFacts) -> list[str]:
+    if not facts.chosen_by:
+        return []
+    lines = ["## How it was chosen", "", f"Chosen by {facts.chosen_by}."]
+    if facts.confirmation:
+        lines += [
+            "",
+            "| search trial | seeds | valid track acc per seed | mean | sd | params |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in facts.confirmation:
+            scores = ", ".join(f"{v:.4f}" for v in row["valid_track_acc"])
+            seeds = ", ".join(str(s) for s in row["seeds"])
+            lines.append(
+                f"| {row['trial']} | {seeds} | {scores} | {row['mean']:.4f} | {row['sd']:.4f} | "
+                f"{int(row['params']):,} |"
+            )
+    return [*lines, ""]
+
+
 def render_card(facts: CardFacts) -> str:
     """The card's Markdown text."""
     model, train = facts.trial.get("model", {}), facts.trial.get("train", {})
@@ -137,6 +161,8 @@ def render_card(facts: CardFacts) -> str:
         *_metrics_table(facts),
         "",
         f"Size: {facts.params:,} parameters, {facts.flops:,} FLOPs per segment forward.",
+        "",
+        *_choice_section(facts),
     ]
     if facts.per_class:
         lines += ["", "| class | precision | recall | F1 | test tracks |", "|---|---|---|---|---|"]

@@ -1,10 +1,12 @@
 """Export a search's winner: its best checkpoint, one test evaluation, a bundle, the registry.
 
-:func:`export_winner` takes the winner's best checkpoint (:mod:`~mrnet_ray.export.checkpoints`),
-evaluates it once on the test split (:mod:`~mrnet_ray.export.evaluate`), writes the bundle
-(:mod:`~mrnet_ray.export.bundle`) with ``metrics.json``, ``confusion_matrix.png`` and
-``MODEL_CARD.md`` (:mod:`~mrnet_ray.export.card`), and registers it
-(:mod:`~mrnet_ray.export.champion`).
+The winner is a :class:`Choice`: the best trial of the search (``best --confirm 0``), or the
+best-validating seed of the configuration a confirmation found best on average
+(:mod:`mrnet_ray.search.confirm`). :func:`export_winner` takes its best checkpoint
+(:mod:`~mrnet_ray.export.checkpoints`), evaluates it once on the test split
+(:mod:`~mrnet_ray.export.evaluate`), writes the bundle (:mod:`~mrnet_ray.export.bundle`) with
+``metrics.json``, ``confusion_matrix.png`` and ``MODEL_CARD.md``
+(:mod:`~mrnet_ray.export.card`), and registers it (:mod:`~mrnet_ray.export.champion`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +32,77 @@ from mrnet_ray.export.checkpoints import best_checkpoint
 from mrnet_ray.export.evaluate import class_report, evaluate_test, held_out_metrics, held_out_report
 from mrnet_ray.export.plots import confusion_matrix_png
 from mrnet_ray.nn import model_cost
+from mrnet_ray.search.confirm import Confirmation, confirm, confirmation_table
 from mrnet_ray.search.record import trial_location
 from mrnet_ray.shards import Prepared, open_prepared
 from mrnet_ray.training.checkpoint import model_from_checkpoint
 from mrnet_ray.training.metrics import EvalStats
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The run an export takes, and how it was chosen."""
+
+    trial_id: str
+    """The Tune trial whose checkpoints are exported."""
+    location: str
+    """Where they are (a Tune trial directory or a Ray Train run)."""
+    rule: str
+    """How it was chosen, in words (the model card says it)."""
+    score: float
+    """What it was chosen by: the confirmed mean validation track accuracy, or the trial's
+    best (``best --confirm 0``); the champion rule compares it."""
+    run_id: str | None = None
+    """The trial's MLflow run, when known."""
+    confirmation: dict[str, Any] | None = None
+    """``Confirmation.to_json()`` when a confirmation chose it."""
+
+
+def best_trial_choice(search: dict[str, Any], winner: Candidate, metric: str) -> Choice:
+    """The search's best trial as it stands (no confirmation)."""
+    run_id, recorded = winner.run_id, search.get("best") or {}
+    if run_id is None and recorded.get("trial_id") == winner.trial_id:
+        run_id = recorded.get("mlflow_run_id")  # ranked without MLflow; the search noted it
+    best = winner.best(metric)
+    return Choice(
+        winner.trial_id, trial_location(search, winner.trial_id),
+        f"the search's best trial by {metric} (one run, no confirmation)",
+        best[1] if best else float("nan"), run_id,
+    )  # fmt: skip
+
+
+def confirmed_choice(confirmation: Confirmation) -> Choice:
+    """The best-validating seed of the configuration with the best confirmed mean."""
+    c = confirmation.chosen
+    rule = (
+        f"the best mean validation track accuracy over {len(c.seeds)} new seeds among the top "
+        f"{len(confirmation.table)} configurations of the search (ties: fewer parameters); "
+        "the exported run is that configuration's best-validating seed"
+    )
+    return Choice(
+        confirmation.chosen_run, confirmation.location, rule, c.mean,
+        confirmation=confirmation.to_json(),
+    )  # fmt: skip
+
+
+def choose(
+    search: dict[str, Any],
+    run_dir: Path,
+    ranked: list[Candidate],
+    metric: str,
+    k: int,
+    n: int,
+) -> Choice | None:
+    """The run to export: with ``k`` > 0 a confirmation of the top ``k`` configurations with
+    ``n`` new seeds each picks it (None: the confirmation was interrupted), else the search's
+    best trial."""
+    if not k:
+        return best_trial_choice(search, ranked[0], metric)
+    confirmation = confirm(search, run_dir, [c.trial_id for c in ranked], k, n)
+    if confirmation is None:
+        return None
+    print(confirmation_table(confirmation))
+    return confirmed_choice(confirmation)
 
 
 def report_files(
@@ -42,6 +112,7 @@ def report_files(
     state: dict[str, Any],
     stats: EvalStats,
     lineage: dict[str, Any],
+    choice: Choice,
 ) -> dict[str, str | bytes]:
     """``metrics.json``, ``confusion_matrix.png`` and ``MODEL_CARD.md`` of the bundle."""
     labels = prepared.labels
@@ -49,17 +120,22 @@ def report_files(
     per_class = class_report(cm, labels)
     valid = {k: v for k, v in state.get("metrics", {}).items() if k.startswith("valid_")}
     cost = model_cost(trial.model, prepared.feature.segment_frames)
+    confirmation = (choice.confirmation or {}).get("table", [])
     facts = CardFacts(
         title=name, manifest=prepared.manifest, prepared=prepared.path, trial=trial.to_dict(),
         valid=valid, test=test, per_class=per_class, lineage=lineage, params=cost.params,
-        flops=cost.flops,
+        flops=cost.flops, chosen_by=choice.rule, confirmation=confirmation,
     )  # fmt: skip
     metrics = {
         "split": "test", "data_hash": prepared.content_hash,
         "test": {**test, "tracks": len(stats.track_index), "segments": stats.segments},
         "valid": valid, "per_class": per_class, "labels": list(labels),
         "track_confusion": cm.tolist(), "params": cost.params, "flops": cost.flops,
+        "selection": {"rule": choice.rule, "score": choice.score},
     }  # fmt: skip
+    if choice.confirmation:
+        metrics["confirmation"] = confirmation
+        metrics["chosen"] = choice.confirmation["chosen"]
     return {
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "confusion_matrix.png": confusion_matrix_png(
@@ -80,22 +156,20 @@ def unregistered(bundle: Path, why: str) -> UserError:
 def export_winner(
     search: dict[str, Any],
     run_dir: Path,
-    winner: Candidate,
+    choice: Choice,
     metric: str,
     out: Path,
     name: str,
     alias: str,
     uri: str | None,
 ) -> Path:
-    """Export ``winner`` to ``out`` and, with a store ``uri``, register it; prints each step.
+    """Export ``choice`` to ``out`` and, with a store ``uri``, register it; prints each step.
 
     The bundle is written first; if it cannot then be registered (no store, or the store
     failed), :func:`unregistered` says so and how to register it later.
     """
-
-    train_run = trial_location(search, winner.trial_id)
     with tempfile.TemporaryDirectory() as tmp:
-        where, local, state = best_checkpoint(train_run, metric, Path(tmp))
+        where, local, state = best_checkpoint(choice.location, metric, Path(tmp))
         model, trial, feature, labels = model_from_checkpoint(local)
     prepared = open_prepared(search["data"])
     prepared.check_features(feature)
@@ -105,29 +179,26 @@ def export_winner(
             f"{list(labels)}; export against the data the search trained on"
         )
     print(
-        f"\nexporting trial {winner.trial_id}: checkpoint {where} (epoch {state.get('epoch')}, "
+        f"\nexporting trial {choice.trial_id}: checkpoint {where} (epoch {state.get('epoch')}, "
         f"{metric} {state.get('metrics', {}).get(metric, float('nan')):.4f})"
     )
     stats, example = evaluate_test(model, prepared)
     test = held_out_metrics(stats)
     print(held_out_report(stats, labels))
-    trial_run, recorded = winner.run_id, search.get("best") or {}
-    if trial_run is None and recorded.get("trial_id") == winner.trial_id:
-        trial_run = recorded.get("mlflow_run_id")  # ranked without MLflow; the search noted it
     lineage = {
         "search": search["name"],
         "run_dir": str(run_dir),
-        "trial_id": winner.trial_id,
+        "trial_id": choice.trial_id,
         "epoch": state.get("epoch"),
         "checkpoint": where,
-        "mlflow_trial_run_id": trial_run,
+        "mlflow_trial_run_id": choice.run_id,
         "tracking_uri": search["tracking_uri"],
         "data_hash": prepared.content_hash,
         "code_version": tracking.code_version(),
         "mrnet_ray_version": mrnet_ray.__version__,
         "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    extra = report_files(name, prepared, trial, state, stats, lineage)
+    extra = report_files(name, prepared, trial, state, stats, lineage, choice)
     bundle = export_bundle(
         out, model, trial, feature, labels,
         metadata={"lineage": lineage, "test_metrics": test}, extra=extra,

@@ -25,6 +25,7 @@ from mrnet_ray.search import outcomes as outcomes_mod
 from mrnet_ray.search import report, resources
 from mrnet_ray.search import trial as trial_mod
 from mrnet_ray.search import tuner as tuner_mod
+from mrnet_ray.search import warm as warm_mod
 from mrnet_ray.search.limits import CostCheck, record_infeasible
 from mrnet_ray.search.record import (
     check_resumable,
@@ -179,8 +180,12 @@ def run(
     callbacks it started with)."""
     space = load_space(settings.space)
     _check_can_start(settings, resume)
+    warm = None
     if not resume:
         tuner_mod.drop_stale_study(settings)
+        warm = warm_mod.prepare(
+            settings, space, prepared.content_hash, tuner_mod.new_study(settings)
+        )
     resources.init_ray()
     shared = share(prepared)  # read once, here, for every trial of the search
     settings = _fit_to_cluster(settings, shared is not None)
@@ -192,9 +197,14 @@ def run(
         where, settings.name, key=settings.experiment_path, tags=tags
     )
     write_record(
-        settings, status="RUNNING", experiment_id=where.experiment_id, parent_run_id=parent
-    )
+        settings, status="RUNNING", experiment_id=where.experiment_id, parent_run_id=parent,
+        data_hash=prepared.content_hash, space_hash=warm_mod.space_hash(settings.space),
+    )  # fmt: skip
     params = search_params(settings, shared is not None)
+    if warm is not None and warm.sources:
+        params["warm_start"] = "; ".join(warm.sources)
+        for line in warm.sources:
+            print(f"warm start: {line}")
     tracking.log_search_details(where, parent, params, [Path(settings.space)])
 
     n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
@@ -209,10 +219,9 @@ def run(
         callback = tracking.MLflowTrialCallback(where, parent, to_trial, tags=tags)
         check = CostCheck(to_trial, prepared.feature.segment_frames, space.limits)
         record = functools.partial(record_infeasible, where, parent, to_trial, tags)
-        searcher = tuner_mod.make_searcher(settings, space, check=check, record=record)
-        tuner = tuner_mod.make_tuner(
-            settings, space, trainable, [callback, *callbacks], searcher
-        )
+        first = warm.first if warm is not None else []
+        searcher = tuner_mod.make_searcher(settings, space, first=first, check=check, record=record)
+        tuner = tuner_mod.make_tuner(settings, space, trainable, [callback, *callbacks], searcher)
     started = time.monotonic()
     try:
         tuner.fit()

@@ -88,6 +88,12 @@ def status(run_dir: str | Path) -> str:
         return "none"
 
 
+def update_record(run_dir: str | Path, **extra: Any) -> Path:
+    """Merge ``extra`` into the record in ``run_dir`` (replaced atomically)."""
+    record = read_record(run_dir) | extra
+    return write_atomic(record_path(run_dir), json.dumps(record, indent=2, default=str) + "\n")
+
+
 def write_record(settings: SearchSettings, **extra: Any) -> Path:
     """``<run-dir>/search.json``: the settings and where everything went, merged over what an
     earlier session of the same search wrote; replaced atomically."""

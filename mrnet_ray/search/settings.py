@@ -73,6 +73,8 @@ class SearchSettings:
     """Restarts of a failed trial from its last checkpoint."""
     trial_executor: TrialExecutor = "auto"
     """See :data:`TrialExecutor`."""
+    warm_start: tuple[str, ...] = ()
+    """Run directories of earlier searches to start from (:mod:`~mrnet_ray.search.warm`)."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -138,6 +140,7 @@ class SearchSettings:
     def from_dict(cls, values: dict[str, Any]) -> SearchSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {k: v for k, v in values.items() if k in names}
+        kept["warm_start"] = tuple(kept.get("warm_start", ()))
         return cls(**{**kept, "resources": ResourcesConfig.from_dict(kept["resources"])})
 
 

@@ -171,6 +171,31 @@ class SearchSpace:
         self._walk(nearest)
         return point
 
+    def fits(self, point: dict[str, Any]) -> str:
+        """Why drawn parameters (another search's, say) are no point of this space, or "" when
+        they are: every parameter this space draws must be there, within its distribution.
+
+        >>> space = SearchSpace.from_dict({"train": {"lr": {"float": [1e-3, 1e-2]}}})
+        >>> space.fits({"train.lr": 3e-3}), space.fits({"train.lr": 0.5})
+        ('', 'train.lr=0.5 is outside {float: [0.001, 0.01]}')
+        """
+        problems: list[str] = []
+
+        def check(name: str, spec: Spec, target: Any) -> Any:
+            if isinstance(spec, Fixed):
+                return spec.value
+            if name not in point:
+                problems.append(f"{name} is not given")
+                return _nearest(spec, target)
+            value = point[name]
+            if not _contains(spec, value):
+                problems.append(f"{name}={value!r} is outside {show(spec)}")
+                return _nearest(spec, target)
+            return value
+
+        self._walk(check)
+        return problems[0] if problems else ""
+
     @functools.cached_property
     def _res2_uniform(self) -> bool:
         """Whether every channel width allows the same Res2 scales (then one Optuna name)."""
@@ -234,6 +259,18 @@ class SearchSpace:
                 "model.res2_scale", self.res2_scale, DEFAULT_MODEL.res2_scale
             )
         return sections
+
+
+def _contains(spec: Spec, value: Any) -> bool:
+    """Whether ``spec`` can draw ``value``."""
+    match spec:
+        case Choice(choices):
+            return value in choices
+        case Int(low, high, _, step):
+            return isinstance(value, int) and low <= value <= high and (value - low) % step == 0
+        case Float(low, high, _, _):
+            return is_number(value) and low <= value <= high
+    return False
 
 
 def _divisors(candidates: Choice | Int, channels: int) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from mrnet_ray.config import TrainConfig
@@ -28,6 +29,7 @@ def max_epochs(space: SearchSpace) -> int:
 
 def journal_storage(path: Path) -> optuna.storages.JournalStorage:
     """The Optuna study's storage: a journal file (``optuna-dashboard FILE`` reads it)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
@@ -39,6 +41,15 @@ def drop_stale_study(settings: SearchSettings) -> None:
     storage = journal_storage(settings.journal)
     if settings.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         optuna.delete_study(study_name=settings.name, storage=storage)
+
+
+def new_study(settings: SearchSettings) -> optuna.Study:
+    """The search's study in its journal, created empty (the searcher loads it)."""
+    directions = ["maximize" if m == "max" else "minimize" for m in settings.modes]
+    return optuna.create_study(
+        study_name=settings.name, storage=journal_storage(settings.journal),
+        directions=directions, load_if_exists=True,
+    )  # fmt: skip
 
 
 def make_searcher(
@@ -124,17 +135,21 @@ def make_tuner(
     space: SearchSpace,
     trainable_: Any,
     callbacks: list[tune.Callback],
-    searcher: OptunaSearch,
+    searcher: Searcher,
+    *,
+    scheduler: TrialScheduler | None = None,
+    num_samples: int | None = None,
 ) -> tune.Tuner:
+    """The search's Tuner (a confirmation's too: its own searcher, FIFO, its own count)."""
     single = len(settings.metrics) == 1
     return tune.Tuner(
         trainable_,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_scheduler(settings, space),
+            scheduler=scheduler or make_scheduler(settings, space),
             metric=METRIC if single else None,
             mode="max" if single else None,
-            num_samples=settings.num_samples,
+            num_samples=num_samples or settings.num_samples,
             max_concurrent_trials=settings.max_concurrent,
             time_budget_s=settings.time_budget_s,
             trial_dirname_creator=trial_dirname,

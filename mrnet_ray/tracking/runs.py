@@ -21,6 +21,7 @@ from mrnet_ray.tracking.store import (
     TAG_ERROR,
     TAG_INFEASIBLE,
     TAG_PARENT,
+    TAG_ROLE,
     TAG_SEARCH_KEY,
     TAG_TRIAL_ID,
     Tracking,
@@ -78,7 +79,11 @@ def end_orphaned_trial_runs(
     client = MlflowClient(tracking.uri)
     query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
     runs = client.search_runs([tracking.experiment_id], query, max_results=1000)
-    orphans = [r.info.run_id for r in runs if r.data.tags.get(TAG_TRIAL_ID) not in trial_ids]
+    orphans = [
+        r.info.run_id
+        for r in runs
+        if r.data.tags.get(TAG_TRIAL_ID) not in trial_ids and TAG_ROLE not in r.data.tags
+    ]  # a confirmation's runs belong to another Tune experiment
     for run_id in orphans:
         client.set_tag(run_id, TAG_ERROR, reason[:ERROR_CHARS])
         client.set_terminated(run_id, "KILLED")

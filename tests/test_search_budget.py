@@ -97,3 +97,85 @@ def test_a_search_whose_every_proposal_is_over_the_limits_stops_in_one_line(
     assert "20 proposals in a row exceeded the space's limits" in errors[0]
     assert "loosen limits.params" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+# ---- warm start ---------------------------------------------------------------------------------
+
+WARM = TINY_SPACE.format(lr="{choice: [3.0e-3, 1.0e-2]}", epochs=1)
+
+
+@pytest.fixture(scope="module")
+def earlier(tiny_prepared, ray_session, tmp_path_factory):
+    """A finished 2-trial search to start from, and its Optuna study."""
+    tmp = tmp_path_factory.mktemp("earlier")
+    done = search(tmp, ray_session, WARM, "--data", str(tiny_prepared), "--num-samples", "2",
+                  "--scheduler", "fifo", "--seed", "3")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((tmp / "run" / "search.json").read_text())
+    return tmp / "run", journal_study(record)
+
+
+@pytest.fixture(scope="module")
+def other_data(ray_session, audio_folder, tiny_feature, tmp_path_factory):
+    """The same audio prepared with another split: other data (another content hash)."""
+    from mrnet_ray.datasets import SplitOptions
+    from mrnet_ray.shards.job import prepare
+
+    out = tmp_path_factory.mktemp("other") / "prepared"
+    opts = SplitOptions(seed=7, valid_fraction=0.2, test_fraction=0.2)
+    return prepare("folder", audio_folder.root, out, opts, tiny_feature)
+
+
+def completed(study: optuna.Study) -> list:
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+@pytest.mark.slow
+def test_warm_start_on_the_same_data_and_space_adds_the_earlier_trials(
+    earlier, tiny_prepared, ray_session, tmp_path
+):
+    source_dir, source = earlier
+    done = search(tmp_path, ray_session, WARM, "--data", str(tiny_prepared), "--num-samples",
+                  "1", "--warm-start", str(source_dir))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"warm start: {source_dir}: 2 completed trials added with their values" in done.stdout
+    record = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert record["trials"]["completed"] == 1  # nothing was trained again
+    study = journal_study(record)
+    given = [(t.params, t.values) for t in completed(source)]
+    assert [(t.params, t.values) for t in completed(study)[:2]] == given
+    assert len(completed(study)) == 3
+    parent = MlflowClient(record["tracking_uri"]).get_run(record["parent_run_id"])
+    assert str(source_dir) in parent.data.params["warm_start"]
+
+
+@pytest.mark.slow
+def test_warm_start_on_other_data_enqueues_the_best_configurations(
+    earlier, other_data, ray_session, tmp_path
+):
+    source_dir, source = earlier
+    done = search(tmp_path, ray_session, WARM, "--data", str(other_data), "--num-samples", "1",
+                  "--warm-start", str(source_dir))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "other data, so its 2 best fitting configurations go first" in done.stdout
+    study = journal_study(json.loads((tmp_path / "run" / "search.json").read_text()))
+    best = max(completed(source), key=lambda t: t.values[0])
+    assert len(completed(study)) == 1  # no values carried over: only its own trial
+    assert study.trials[0].params == best.params  # the earlier best went first
+
+
+def test_warm_start_mistakes_are_one_line_before_any_trial(
+    earlier, tiny_prepared, ray_session, tmp_path
+):
+    source_dir, _ = earlier
+    missing = tmp_path / "nothing"
+    done = search(tmp_path, ray_session, WARM, "--data", str(tiny_prepared), "--warm-start",
+                  str(missing))  # fmt: skip
+    assert done.returncode == 2 and f"error: {missing}/search.json: no such file" in done.stderr
+    other_space = WARM.replace("channels: {choice: [16, 24]}", "channels: {choice: [32, 40]}")
+    done = search(tmp_path, ray_session, other_space, "--data", str(tiny_prepared),
+                  "--warm-start", str(source_dir))  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert "none of its 2 completed trials fits --space" in line and "model.channels=" in line
+    assert not (tmp_path / "run" / "search.json").exists()
