@@ -41,6 +41,7 @@ class MLflowTrialCallback(Callback):
 
     ``trial_config`` maps a trial's Tune config to its TrialConfig (e.g.
     ``functools.partial(space.to_trial, n_mels=..., n_classes=...)``); it must pickle.
+    ``tags`` go on every trial run, ``config_tags`` copy Tune config values into tags.
     """
 
     def __init__(
@@ -50,12 +51,14 @@ class MLflowTrialCallback(Callback):
         trial_config: Callable[[dict[str, Any]], TrialConfig],
         *,
         tags: Mapping[str, str] = {},
+        config_tags: Mapping[str, str] = {},
         flush_timeout_s: float = 60.0,
         max_pending: int = 10_000,
         retry_s: float = 1.0,
     ) -> None:
         self.tracking, self.parent_run_id = tracking, parent_run_id
         self.trial_config, self.tags = trial_config, dict(tags)
+        self.config_tags = dict(config_tags)  # Tune config key -> tag its value goes to
         self.flush_timeout_s, self.max_pending, self.retry_s = flush_timeout_s, max_pending, retry_s
         self._writer: _Writer | None = None
 
@@ -75,9 +78,14 @@ class MLflowTrialCallback(Callback):
             config, params = None, {k: v for k, v in trial.config.items() if "/" not in k}
             logger.warning("MLflow: trial %s's config is no TrialConfig: %s", trial, e)
 
+        tags = [RunTag(t, str(trial.config[k])) for k, t in self.config_tags.items()
+                if k in trial.config]  # fmt: skip
+
         def start(client: MlflowClient, run_id: str) -> None:
             client.update_run(run_id, status="RUNNING")  # again, if a resumed trial's run ended
             log_params(client, run_id, params)
+            if tags:
+                client.log_batch(run_id, tags=tags)
             if config is not None:
                 log_trial_config(client, run_id, config)
 
