@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from mrnet_ray.errors import EXIT_USER_ERROR, UserError, cli
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: must be >= 1")
+    if args.model.startswith("models:/"):  # a store that refuses us: one line, before Ray
+        _check_store(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
     if args.input is not None or args.output is not None:
         _bulk(args)
         return
@@ -79,6 +82,15 @@ def main(argv: list[str] | None = None) -> None:
         print(table(good, k))
     if failed:
         raise SystemExit(EXIT_USER_ERROR)
+
+
+def _check_store(uri: str) -> None:
+    """UserError if the registry's tracking server is down, refuses our credentials or is
+    named with credentials in its URI."""
+    if uri:
+        from mrnet_ray.tracking.store import check_reachable  # MLflow loads only here
+
+        check_reachable(uri)
 
 
 def _bulk(args: argparse.Namespace) -> None:

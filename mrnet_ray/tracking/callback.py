@@ -24,7 +24,14 @@ from mrnet_ray.tracking.runs import (
     log_trial_config,
     logged_steps,
 )
-from mrnet_ray.tracking.store import ERROR_CHARS, TAG_ERROR, TAG_PARENT, TAG_TRIAL_ID, Tracking
+from mrnet_ray.tracking.store import (
+    ERROR_CHARS,
+    TAG_ERROR,
+    TAG_PARENT,
+    TAG_TRIAL_ID,
+    Tracking,
+    is_auth_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +139,18 @@ class MLflowTrialCallback(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush()
         if self._writer is not None:
+            incomplete = self._writer.incomplete()
             self._writer.close()
+            if incomplete:
+                listed = "; ".join(f"{t} ({', '.join(w)})" for t, w in sorted(incomplete.items()))
+                logger.warning(
+                    "MLflow at %s: the records of %d trial(s) are incomplete, because these "
+                    "writes were refused or never made: %s. Tune's results in the run "
+                    "directory keep every epoch",
+                    self.tracking.uri,
+                    len(incomplete),
+                    listed,
+                )
 
     def flush(self) -> int:
         """Wait up to ``flush_timeout_s`` for pending writes; returns how many are left."""
@@ -166,7 +184,7 @@ class MLflowTrialCallback(Callback):
                 op(client, run_id)
 
         if self._writer is not None:
-            self._writer.submit(f"{what} for trial {name}", write)
+            self._writer.submit(what, write, trial=name)
 
     def _run_id(self, client: MlflowClient, trial_id: str, create_as: str | None) -> str | None:
         """The trial's run: cached, else found by tags (a resumed search), else created if
@@ -199,31 +217,48 @@ def _error_reason(trial: Any) -> str:
 
 class _Writer:
     """MLflow writes, in order, on one daemon thread; retried with backoff while the store is
-    unreachable, skipped (with a warning) when MLflow rejects them."""
+    unreachable, skipped (with a warning) when MLflow rejects them. Credentials the store
+    stops accepting (a rotated password: HTTP 401, or 403) are said once, not per write; every
+    skipped or dropped write is kept against its trial (:meth:`incomplete`)."""
 
     def __init__(self, uri: str, max_pending: int, retry_s: float) -> None:
-        self._client = MlflowClient(uri)
-        self._ops: collections.deque[tuple[str, Callable[[MlflowClient], None]]] = (
+        self._uri, self._client = uri, MlflowClient(uri)
+        self._ops: collections.deque[tuple[str, Callable[[MlflowClient], None], str]] = (
             collections.deque()
         )
+        self._missed: dict[str, list[str]] = {}  # trial -> writes skipped or dropped
+        self._refused = False  # the store refused our credentials at least once
         self._cond = threading.Condition()
         self._busy = self._closed = False
         self._max_pending, self._retry_s = max_pending, retry_s
         self.dropped = 0
         threading.Thread(target=self._run, name="mlflow-writer", daemon=True).start()
 
-    def submit(self, what: str, op: Callable[[MlflowClient], None]) -> None:
+    def submit(self, what: str, op: Callable[[MlflowClient], None], trial: str = "") -> None:
         with self._cond:
             if len(self._ops) >= self._max_pending:
-                del self._ops[1 if self._busy else 0]  # never the write in progress
+                oldest = 1 if self._busy else 0  # never the write in progress
+                self._miss(self._ops[oldest][2], self._ops[oldest][0])
+                del self._ops[oldest]
                 self.dropped += 1
                 if self.dropped == 1:
                     logger.warning(
                         "MLflow: more than %d writes pending; dropping the oldest",
                         self._max_pending,
                     )
-            self._ops.append((what, op))
+            self._ops.append((what, op, trial))
             self._cond.notify_all()
+
+    def incomplete(self) -> dict[str, list[str]]:
+        """Trial -> the writes of its record that were skipped, dropped or are still queued."""
+        with self._cond:
+            missed = {t: list(w) for t, w in self._missed.items()}
+            for what, _, trial in self._ops:
+                missed.setdefault(trial, []).append(f"{what} (not made)")
+            return missed
+
+    def _miss(self, trial: str, what: str) -> None:
+        self._missed.setdefault(trial, []).append(what)
 
     def flush(self, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
@@ -246,19 +281,32 @@ class _Writer:
                     self._cond.wait()
                 if self._closed:
                     return
-                what, op = self._ops[0]
+                what, op, trial = self._ops[0]
                 self._busy = True
+            skipped = False
             try:
                 op(self._client)
                 done = True
             except Exception as e:
-                done = not _transient(e)
-                if done:
-                    logger.warning("MLflow: could not %s, skipped: %s", what, e)
-                elif delay == self._retry_s:
+                done = skipped = is_auth_error(e) or not _transient(e)
+                if is_auth_error(e) and not self._refused:
+                    self._refused = True
+                    logger.warning(
+                        "MLflow at %s refuses this search's credentials (%s); the trials' "
+                        "records in MLflow are incomplete from here on and are listed when the "
+                        "search ends (check MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD)",
+                        self._uri,
+                        " ".join(str(e).split())[:200],
+                    )
+                elif skipped and not is_auth_error(e):
+                    logger.warning("MLflow: could not %s for trial %s, skipped: %s", what, trial, e)
+                elif not done and delay == self._retry_s:
                     logger.warning("MLflow unreachable (%s); buffering and retrying", e)
             with self._cond:
                 self._busy = False
+                if skipped:
+                    self._miss(trial, what)
                 if done:
                     self._ops.popleft()
                     delay = self._retry_s

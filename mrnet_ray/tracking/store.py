@@ -1,4 +1,5 @@
-"""Where runs go: the tracking URI, a reachable server, the experiment, provenance tags.
+"""Where runs go: the tracking URI, a reachable server that accepts us, the experiment,
+provenance tags.
 
 >>> resolve_tracking_uri(None, Path("/tmp/run"), env={})
 'sqlite:////tmp/run/mlflow.db'
@@ -10,6 +11,7 @@ import logging
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,24 +53,86 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
 
+AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+"""MLflow's error codes for a request refused for who sent it (HTTP 401) or what it asked (403)."""
+CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+
+
+def is_auth_error(e: BaseException) -> bool:
+    """Whether MLflow refused a request for its credentials (401) or its permissions (403)."""
+    return isinstance(e, MlflowException) and e.error_code in AUTH_ERRORS
+
+
+def check_uri(uri: str) -> None:
+    """UserError for an http(s) tracking URI with credentials in it (``http://user:pw@host``).
+
+    Refused rather than redacted: MLflow itself prints the tracking URI in its run links and
+    error messages, and mrnet_ray records it (search.json, the bundle's lineage), so a
+    password there would be written in places no redaction of ours reaches.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise UserError(
+            f"tracking URI {bare} (as given, with credentials, not shown): a user name or "
+            f"password in the URI would be printed and recorded; use {bare} and set {CREDENTIALS}"
+        )
+
+
+def check_credentials(uri: str, timeout_s: float = 5.0) -> bool:
+    """UserError if an http(s) tracking server refuses this process's credentials (MLflow's
+    own: ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``, or
+    ``~/.mlflow/credentials``); True if it accepted them or needs none, False if it did not
+    answer (down: for the caller to decide)."""
+    check_uri(uri)
+    if not uri.startswith(("http://", "https://")):
+        return True
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:  # searching experiments needs a known user and no permission on any one of them
+        response = http_request(
+            creds, "/api/2.0/mlflow/experiments/search", "POST", json={"max_results": 1},
+            max_retries=0, timeout=timeout_s, raise_on_status=False,
+        )  # fmt: skip
+    except (MlflowException, OSError):
+        return False
+    who = f"user {creds.username!r}" if creds.username else "no user (none is set)"
+    if response.status_code == 401:
+        raise UserError(
+            f"MLflow tracking server at {uri} refused the credentials of {who} (HTTP 401); "
+            f"set {CREDENTIALS} to a user of that server and its current password"
+        )
+    if response.status_code == 403:
+        raise UserError(
+            f"MLflow tracking server at {uri} does not let {who} read experiments (HTTP 403); "
+            "ask its admin for access or use another user"
+        )
+    return response.status_code < 500
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail in one line, before any trial starts, if an http(s) tracking server is down."""
+    """Fail in one line, before any trial starts, if an http(s) tracking server is down or
+    refuses this process's credentials, or if the URI itself holds credentials."""
+    check_uri(uri)
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
+    reason = ""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s):
-            return
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
     except urllib.error.HTTPError as e:
-        if e.code < 500:  # it answered: up (maybe behind auth or a proxy)
-            return
-        reason = f"HTTP {e.code}"
+        if e.code >= 500:  # below, it answered: up (maybe behind auth or a proxy)
+            reason = f"HTTP {e.code}"
     except (OSError, ValueError) as e:
         reason = str(getattr(e, "reason", None) or e)
-    raise UserError(
-        f"MLflow tracking server at {uri} is unreachable: {reason}; "
-        "start it with `make ui` or check --mlflow-uri"
-    )
+    if reason:
+        raise UserError(
+            f"MLflow tracking server at {uri} is unreachable: {reason}; "
+            "start it with `make ui` or check --mlflow-uri"
+        )
+    check_credentials(uri, timeout_s)
 
 
 def ensure_experiment(uri: str, name: str, artifact_location: Path | None = None) -> str:
