@@ -60,6 +60,40 @@ def test_lying_flac_is_refused_before_reading_with_flat_memory(tmp_path):
     assert upload_error.startswith("upload.flac: its header declares")
 
 
+def test_running_out_of_memory_is_one_files_error_and_the_next_file_decodes(tmp_path):
+    """A real MemoryError: the process's address space capped (RLIMIT_AS) a little above what
+    it holds, then a 5-minute track (within the limit) decoded; then a short one."""
+    rate = 44100
+    wave = (0.1 * np.sin(np.arange(rate * 300) * 0.01)).astype(np.float32)
+    sf.write(tmp_path / "long.wav", wave, rate, subtype="PCM_16")  # 26 MB; 53 MB as float32
+    short = write_clip(tmp_path / "short.wav", 440.0, 4.0, rate)
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from mrnet_ray import features
+        from mrnet_ray.config import FeatureConfig
+        cfg = FeatureConfig()
+        features.audio_to_segments({str(short)!r}, cfg)  # warm: imports, transforms, decoder
+        pages = int(open("/proc/self/statm").read().split()[0])
+        cap = pages * resource.getpagesize() + 32 * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, resource.RLIM_INFINITY))
+        try:
+            features.audio_to_segments({str(tmp_path / "long.wav")!r}, cfg)
+            error = None
+        except features.AudioError as e:
+            error = str(e)
+        print(json.dumps([error, len(features.audio_to_segments({str(short)!r}, cfg))]))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    error, segments = json.loads(out.stdout.strip().splitlines()[-1])
+    assert error == f"{tmp_path / 'long.wav'}: out of memory decoding it; lower max_track_seconds"
+    assert segments == 1
+
+
 def test_tracks_over_the_limit_and_headers_over_the_data(tmp_path):
     long = write_clip(tmp_path / "long.wav", 440.0, 12.0, 16000)
     with pytest.raises(features.AudioError, match=r"long\.wav: its header declares 12 s .*10 s"):
@@ -102,7 +136,7 @@ def test_uploads_decode_like_files_and_errors_name_them(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, tiny_feature):
+def untrained_bundle(tmp_path_factory, tiny_feature):
     """A bundle of an untrained tiny MRNet over the three test classes."""
     import torch
 
@@ -120,13 +154,13 @@ def tiny_bundle(tmp_path_factory, tiny_feature):
     return export_bundle(out, build_model(model).eval(), trial, tiny_feature, ("a", "b", "c"))
 
 
-def test_predict_reports_a_lying_file_in_one_line_and_goes_on(tiny_bundle, tmp_path, capsys):
+def test_predict_reports_a_lying_file_in_one_line_and_goes_on(untrained_bundle, tmp_path, capsys):
     from mrnet_ray import predict
 
     lying = write_lying_flac(tmp_path / "lying.flac")
     good = write_clip(tmp_path / "good.wav", 440.0, 2.0, 16000)
     with pytest.raises(SystemExit) as e:
-        predict.main([str(tiny_bundle), str(lying), str(good)])
+        predict.main([str(untrained_bundle), str(lying), str(good)])
     assert e.value.code == 2
     out, err = capsys.readouterr()
     (line,) = err.splitlines()
