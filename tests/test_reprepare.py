@@ -93,7 +93,8 @@ def test_killed_reprepare_on_s3_leaves_the_previous_data_readable(
     capsys.readouterr()
     prepare("folder", audio_folder.root, uri, OPTS, tiny_feature.replace(top_db=60.0))
     (orphan,) = left
-    assert f"removed {uri}/{orphan}: shards no manifest names any more" in capsys.readouterr().out
+    removed = f"removed {storage.join(uri, orphan)}: shards no manifest names any more"
+    assert removed in capsys.readouterr().out
     second = open_prepared(uri)
     assert second.shards not in (first.shards, orphan) and second.feature.top_db == 60.0
     assert {f.split("/")[0] for f in files(uri)} == {"manifest.json", first.shards, second.shards}

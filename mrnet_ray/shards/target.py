@@ -28,7 +28,14 @@ import pyarrow.fs as pafs
 from mrnet_ray.datasets import SPLITS
 from mrnet_ray.errors import UserError
 from mrnet_ray.shards.manifest import MANIFEST
-from mrnet_ray.storage import process_token, read_json, replace_dir, resolve, token_in_use
+from mrnet_ray.storage import (
+    join,
+    process_token,
+    read_json,
+    replace_dir,
+    resolve,
+    token_in_use,
+)
 
 VERSION_PREFIX = "shards-"
 """Names of a run's shard prefix on object stores: ``shards-<time>-<process token>``."""
@@ -144,7 +151,7 @@ class Target:
             stale = name.startswith(VERSION_PREFIX) and not _version_in_use(name)
             if unprefixed or stale:
                 self.fs.delete_dir(info.path)
-                print(f"removed {self.uri}/{name}: shards no manifest names any more")
+                print(f"removed {join(self.uri, name)}: shards no manifest names any more")
 
 
 def _base(path: str) -> str:
