@@ -10,8 +10,10 @@ scores the best value of ``--metric`` over its epochs, in the order of :mod:`mrn
 
 ``--export`` (default ``DIR/best``) first confirms the winner: the top ``--confirm`` (3)
 configurations are trained again with ``--seeds`` (3) new seeds each and the best mean wins
-(:mod:`mrnet_ray.search.confirm`; ``--confirm 0`` takes the single best trial). It then writes
-the winner as a bundle, evaluated once on the test split, and registers it in MLflow; see
+(:mod:`mrnet_ray.search.confirm`; ``--confirm 0`` takes the single best trial), and the winner
+is trained once more on train + valid for the epochs its runs needed
+(:mod:`mrnet_ray.search.refit`; ``--no-final-fit`` exports the chosen run itself). It then
+writes the winner as a bundle, evaluated once on the test split, and registers it in MLflow; see
 :mod:`mrnet_ray.export.winner` for the checkpoint it takes and :mod:`mrnet_ray.export.champion`
 for the rule that moves the ``--alias``.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from mrnet_ray import ranking
 from mrnet_ray.errors import UserError, cli
-from mrnet_ray.export.candidates import load_candidates, ranking_table
+from mrnet_ray.export.candidates import data_baseline, load_candidates, ranking_table
 from mrnet_ray.search.record import read_record
 
 
@@ -44,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         help="retrain the top K configurations with new seeds before export; 0: no (default 3)",
     )  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="new seeds each (3)")
+    p.add_argument(
+        "--no-final-fit", action="store_true",
+        help="export the chosen run as it is, not retrained on train + valid",
+    )  # fmt: skip
     p.add_argument("--register-name", help="registered model (default mrnet-<search name>)")
     p.add_argument("--alias", default="champion", help="alias to move on an improvement")
     p.add_argument("--mlflow-uri", help="tracking store (default: the search's, in search.json)")
@@ -65,15 +71,17 @@ def main(argv: list[str] | None = None) -> None:
 
     check_credentials(uri)  # refused credentials stop here; a store that is down is ranked around
     ranked, source, store = load_candidates(search, uri, args.metric)
+    baseline = data_baseline(search["data"])
     print(
         f"search {search['name']}: {len(ranked)} trials by {direction} {args.metric} over "
-        f"epochs (from {source})\n{ranking_table(ranked, args.metric, args.top)}"
+        f"epochs (from {source})\n{ranking_table(ranked, args.metric, args.top, baseline)}"
     )
     if args.export is None:
         return
     from mrnet_ray.export.winner import choose, export_winner
 
-    choice = choose(search, run_dir, ranked, args.metric, args.confirm, args.seeds)
+    refit = not args.no_final_fit
+    choice = choose(search, run_dir, ranked, args.metric, args.confirm, args.seeds, refit)
     if choice is None:
         print("interrupted; run the same command again to finish the confirmation")
         raise SystemExit(130)

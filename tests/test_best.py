@@ -77,7 +77,8 @@ def search(ray_session, tiny_prepared, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(search) -> tuple[Path, str]:
     """``best --export`` into the run directory: the bundle and what the command printed."""
-    args = ["--run-dir", str(search), "--export", "--confirm", "0", "--register-name", NAME]
+    args = ["--run-dir", str(search), "--export", "--confirm", "0", "--no-final-fit",
+            "--register-name", NAME]  # fmt: skip
     printed = run(best.main, args)  # the single best trial (confirmation: test_confirm.py)
     return search / "best", printed
 
@@ -142,6 +143,12 @@ def test_export_evaluates_the_best_checkpoint_once_on_test(search, exported, tin
     ]
     assert all(f"\n## {s}\n" in card for s in sections)
     assert all(text in card for text in ("Heo et al.", "Desplanques", lineage["data_hash"]))
+    # Three pure tones: the linear baseline gets every test track right, so the network can
+    # only tie it, and the export says the model does not beat it, in its output and card.
+    assert metrics["baseline"]["test_track_acc"] == 1.0
+    assert metrics["baseline"]["margin_points"] <= 0
+    assert "WARNING: the model does not beat the linear baseline" in printed
+    assert "**Warning:** the model does not beat the linear baseline" in card
     assert f"registered {NAME} version 1" in printed
     assert "alias champion -> version 1" in printed
 
@@ -262,7 +269,7 @@ def test_without_mlflow_ranks_from_ray_results_and_exports_unregistered(
 ):
     bundle_dir, printed = exported
     out = tmp_path / "offline"
-    args = ["--run-dir", str(search), "--export", str(out), "--confirm", "0",
+    args = ["--run-dir", str(search), "--export", str(out), "--confirm", "0", "--no-final-fit",
             "--mlflow-uri", uri(tmp_path)]  # fmt: skip
     stdout = io.StringIO()
     with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(stdout):

@@ -130,10 +130,25 @@ def test_confirmation_picks_the_best_mean_and_resumes_after_an_interrupt(
     means = [row["mean"] for row in table]
     assert means == sorted(means, reverse=True) and metrics["chosen"] == table[0]["trial"]
     assert metrics["selection"]["score"] == pytest.approx(table[0]["mean"])
-    lineage = json.loads((search / "best" / "config.json").read_text())["lineage"]
+    # The export is a final fit of the chosen configuration on train + valid, for the median of
+    # its seeds' best epochs, with its best seed; its last checkpoint is exported.
+    final = metrics["final_fit"]
     chosen_runs = table[0]["runs"]
-    assert lineage["trial_id"] in chosen_runs  # the chosen configuration's best seed
-    assert best_of_run[lineage["trial_id"]] == max(best_of_run[t] for t in chosen_runs)
+    best_seed_run = max(chosen_runs, key=lambda t: best_of_run[t])
+    assert final["data"] == "train+valid"
+    assert final["epochs"] == round(statistics.median(table[0]["best_epochs"]) + 1e-9)
+    assert final["seed"] == table[0]["seeds"][chosen_runs.index(best_seed_run)]
+    lineage = json.loads((search / "best" / "config.json").read_text())["lineage"]
+    assert lineage["trial_id"] == final["trial"] and lineage["epoch"] == final["epochs"]
+    fitted = {r.data.tags["trial_id"]: r for r in client.search_runs(
+        [record["experiment_id"]], f"tags.`{TAG_ROLE}` = 'final-fit'"
+    )}[final["trial"]]  # fmt: skip
+    prepared = json.loads((Path(record["data"]) / "manifest.json").read_text())["counts"]
+    rows = prepared["train"]["segments"] + prepared["valid"]["segments"]  # never test
+    assert fitted.data.metrics["train_segments"] == rows // 16 * 16  # batch 16, last dropped
+    assert (
+        "trained on train + valid (a final fit)" in (search / "best" / "MODEL_CARD.md").read_text()
+    )
     card = (search / "best" / "MODEL_CARD.md").read_text()
     assert "## How it was chosen" in card and "best mean validation track accuracy" in card
     assert all(row["trial"] in card for row in table)

@@ -116,7 +116,7 @@ def test_search_keeps_results_and_checkpoints_in_the_bucket(
 
     # `best` takes the winner's checkpoint from the bucket and exports it.
     capsys.readouterr()
-    best_main(["--run-dir", str(run_dir), "--export", "--confirm", "0"])
+    best_main(["--run-dir", str(run_dir), "--export", "--confirm", "0", "--no-final-fit"])
     exported = capsys.readouterr().out
     path, _, query = experiment.partition("?")
     line = next(x for x in exported.splitlines() if x.startswith("exporting trial "))

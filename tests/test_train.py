@@ -23,7 +23,7 @@ from mrnet_ray.training.run import load_trial
 
 METRICS = {
     "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_track_acc",
-    "valid_macro_f1", "lr", "samples_per_s", "epoch_time_s", "params", "flops",
+    "valid_macro_f1", "lr", "train_segments", "samples_per_s", "epoch_time_s", "params", "flops",
 }  # fmt: skip
 TRIAL_YAML = """\
 model: {channels: 16, res2_scale: 4, dilations: [2], route_depths: [[1, 2]],

@@ -182,7 +182,10 @@ def _cell(value: str | None) -> str:
     return value if number.is_integer() and "." not in value else f"{number:.3g}"
 
 
-def ranking_table(ranked: Sequence[Candidate], metric: str, top: int) -> str:
+def ranking_table(
+    ranked: Sequence[Candidate], metric: str, top: int, baseline: dict[str, Any] | None = None
+) -> str:
+    """The top trials, and the data's linear baseline below them to read them against."""
     headers = ["rank", "trial", metric, "epoch", "params", "FLOPs", *COLUMNS, "status"]
     rows = []
     for i, c in enumerate(ranked[:top], start=1):
@@ -199,6 +202,10 @@ def ranking_table(ranked: Sequence[Candidate], metric: str, top: int) -> str:
                 c.status,
             ]
         )
+    if baseline is not None:
+        value = baseline.get(metric)
+        score = f"{value:.4f}" if isinstance(value, float) else "-"
+        rows.append(["-", "baseline", score, *["-"] * (len(headers) - 4), baseline["model"]])
     return format_table(headers, rows)
 
 
@@ -226,3 +233,15 @@ def load_candidates(
             "valid_track_acc, valid_acc, valid_macro_f1, valid_loss, params or flops"
         )
     return ranked, source, store
+
+
+def data_baseline(data: str) -> dict[str, Any] | None:
+    """The prepared data's linear baseline (fitted now if it has none yet); None when the
+    data cannot be opened (ranking goes on without it)."""
+    from mrnet_ray.shards import open_prepared
+    from mrnet_ray.shards.baseline import ensure_baseline
+
+    try:
+        return ensure_baseline(open_prepared(data))
+    except UserError:
+        return None

@@ -73,6 +73,10 @@ class CardFacts:
     """How the exported run was chosen, in words."""
     confirmation: Sequence[Mapping[str, Any]] = ()
     """The confirmation's table (``Confirmed.to_json()`` rows), best mean first."""
+    baseline: str = ""
+    """How it compares with the data's linear baseline: a sentence."""
+    trained_on: str = "train"
+    """The splits the exported weights were trained on."""
 
 
 def _plain(v: Any) -> str:
@@ -156,12 +160,18 @@ def render_card(facts: CardFacts) -> str:
         "",
         "The trial was chosen and its checkpoint picked on the validation split; the test split "
         f"({test_tracks} tracks) was used once, at export. A track's prediction is the arg-max "
-        "of its segments' mean logits.",
+        f"of its segments' mean logits. The exported weights were trained on {facts.trained_on}"
+        + (
+            "; its validation figure is the selection's (the fit itself trained on valid)."
+            if facts.trained_on != "train"
+            else "."
+        ),
         "",
         *_metrics_table(facts),
         "",
         f"Size: {facts.params:,} parameters, {facts.flops:,} FLOPs per segment forward.",
         "",
+        *([facts.baseline, ""] if facts.baseline else []),
         *_choice_section(facts),
     ]
     if facts.per_class:

@@ -41,9 +41,17 @@ def kept_checkpoints(location: str) -> list[tuple[Any, dict[str, Any]]]:
     return kept
 
 
-def best_checkpoint(location: str, metric: str, workdir: Path) -> tuple[str, Path, dict[str, Any]]:
-    """The best readable kept checkpoint (module docstring): where, local path, its state."""
-    kept = ranking.ranked(kept_checkpoints(location), metric, lambda pair: pair[1])
+def best_checkpoint(
+    location: str, metric: str, workdir: Path, *, latest: bool = False
+) -> tuple[str, Path, dict[str, Any]]:
+    """The best readable kept checkpoint (module docstring), or with ``latest`` the last one
+    (a final fit's: its validation metrics measure nothing held out): where, local path, its
+    state."""
+    kept = kept_checkpoints(location)
+    if latest:
+        kept = sorted(kept, key=lambda pair: -pair[1].get("epoch", 0))
+    else:
+        kept = ranking.ranked(kept, metric, lambda pair: pair[1])
     for checkpoint, _ in kept:
         name = Path(checkpoint.path).name
         where = storage.join(location, name)  # a URI's ?query stays at the end

@@ -11,6 +11,7 @@ best-validating seed of the configuration a confirmation found best on average
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import tempfile
@@ -33,8 +34,11 @@ from mrnet_ray.export.evaluate import class_report, evaluate_test, held_out_metr
 from mrnet_ray.export.plots import confusion_matrix_png
 from mrnet_ray.nn import model_cost
 from mrnet_ray.search.confirm import Confirmation, confirm, confirmation_table
+from mrnet_ray.search.planned import Search
 from mrnet_ray.search.record import trial_location
+from mrnet_ray.search.refit import final_fit
 from mrnet_ray.shards import Prepared, open_prepared
+from mrnet_ray.shards.baseline import ensure_baseline, margin_sentence
 from mrnet_ray.training.checkpoint import model_from_checkpoint
 from mrnet_ray.training.metrics import EvalStats
 
@@ -56,6 +60,9 @@ class Choice:
     """The trial's MLflow run, when known."""
     confirmation: dict[str, Any] | None = None
     """``Confirmation.to_json()`` when a confirmation chose it."""
+    final_fit: dict[str, Any] | None = None
+    """``FinalFit.to_json()`` when the run is a final fit on train + valid (its last
+    checkpoint is exported; its validation metrics measure nothing held out)."""
 
 
 def best_trial_choice(search: dict[str, Any], winner: Candidate, metric: str) -> Choice:
@@ -92,17 +99,42 @@ def choose(
     metric: str,
     k: int,
     n: int,
+    refit: bool = True,
 ) -> Choice | None:
     """The run to export: with ``k`` > 0 a confirmation of the top ``k`` configurations with
-    ``n`` new seeds each picks it (None: the confirmation was interrupted), else the search's
-    best trial."""
+    ``n`` new seeds each picks the configuration, else the search's best trial; with ``refit``
+    it is then trained once more on train + valid (:mod:`mrnet_ray.search.refit`) and that run
+    is exported. None: interrupted (the same command resumes)."""
     if not k:
-        return best_trial_choice(search, ranked[0], metric)
-    confirmation = confirm(search, run_dir, [c.trial_id for c in ranked], k, n)
-    if confirmation is None:
+        choice = best_trial_choice(search, ranked[0], metric)
+        if not refit:
+            return choice
+        opened = Search.open(search)
+        (outcome,) = [o for o in opened.outcomes() if o.trial_id == choice.trial_id]
+        seed = opened.to_trial(outcome.config).train.seed
+        source, config, epochs = choice.trial_id, outcome.config, [int(outcome.best["epoch"])]
+    else:
+        confirmation = confirm(search, run_dir, [c.trial_id for c in ranked], k, n)
+        if confirmation is None:
+            return None
+        print(confirmation_table(confirmation))
+        choice = confirmed_choice(confirmation)
+        if not refit:
+            return choice
+        c = confirmation.chosen
+        seed = c.seeds[c.runs.index(confirmation.chosen_run)]
+        source, config, epochs = c.trial, c.config, c.best_epochs
+    fitted = final_fit(search, run_dir, source, config, seed, epochs)
+    if fitted is None:
         return None
-    print(confirmation_table(confirmation))
-    return confirmed_choice(confirmation)
+    rule = (
+        f"{choice.rule}; then trained once more on train + valid for {fitted.epochs} epochs "
+        f"(the median of the best epochs {fitted.best_epochs}), whose last checkpoint is exported"
+    )
+    return dataclasses.replace(
+        choice, trial_id=fitted.trial_id, location=fitted.location, rule=rule, run_id=None,
+        final_fit=fitted.to_json(),
+    )  # fmt: skip
 
 
 def report_files(
@@ -119,12 +151,18 @@ def report_files(
     test, cm = held_out_metrics(stats), stats.track_confusion
     per_class = class_report(cm, labels)
     valid = {k: v for k, v in state.get("metrics", {}).items() if k.startswith("valid_")}
+    if choice.final_fit:  # it trained on valid: the held-out figure is the selection's
+        valid = {"valid_track_acc": choice.score}
     cost = model_cost(trial.model, prepared.feature.segment_frames)
     confirmation = (choice.confirmation or {}).get("table", [])
+    baseline = ensure_baseline(prepared)
+    beats, margin = margin_sentence(test["test_track_acc"], baseline)
+    margin = f"The model {margin}." if beats else f"**Warning:** the model {margin}."
     facts = CardFacts(
         title=name, manifest=prepared.manifest, prepared=prepared.path, trial=trial.to_dict(),
         valid=valid, test=test, per_class=per_class, lineage=lineage, params=cost.params,
-        flops=cost.flops, chosen_by=choice.rule, confirmation=confirmation,
+        flops=cost.flops, chosen_by=choice.rule, confirmation=confirmation, baseline=margin,
+        trained_on="train + valid (a final fit)" if choice.final_fit else "train",
     )  # fmt: skip
     metrics = {
         "split": "test", "data_hash": prepared.content_hash,
@@ -132,10 +170,15 @@ def report_files(
         "valid": valid, "per_class": per_class, "labels": list(labels),
         "track_confusion": cm.tolist(), "params": cost.params, "flops": cost.flops,
         "selection": {"rule": choice.rule, "score": choice.score},
+        "baseline": {
+            **baseline, "margin_points": 100 * (test["test_track_acc"] - baseline["test_track_acc"])
+        },
     }  # fmt: skip
     if choice.confirmation:
         metrics["confirmation"] = confirmation
         metrics["chosen"] = choice.confirmation["chosen"]
+    if choice.final_fit:
+        metrics["final_fit"] = choice.final_fit
     return {
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "confusion_matrix.png": confusion_matrix_png(
@@ -169,7 +212,8 @@ def export_winner(
     failed), :func:`unregistered` says so and how to register it later.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        where, local, state = best_checkpoint(choice.location, metric, Path(tmp))
+        latest = choice.final_fit is not None
+        where, local, state = best_checkpoint(choice.location, metric, Path(tmp), latest=latest)
         model, trial, feature, labels = model_from_checkpoint(local)
     prepared = open_prepared(search["data"])
     prepared.check_features(feature)
@@ -185,6 +229,8 @@ def export_winner(
     stats, example = evaluate_test(model, prepared)
     test = held_out_metrics(stats)
     print(held_out_report(stats, labels))
+    beats, margin = margin_sentence(test["test_track_acc"], ensure_baseline(prepared))
+    print(f"the model {margin}" if beats else f"WARNING: the model {margin}")
     lineage = {
         "search": search["name"],
         "run_dir": str(run_dir),

@@ -17,62 +17,26 @@ same ``k`` and ``n``: finished seeds are not trained again. The result is kept i
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import pickle
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import Searcher
-
 from mrnet_ray import ranking, tracking
 from mrnet_ray.errors import UserError
 from mrnet_ray.search import outcomes as outcomes_mod
-from mrnet_ray.search import tuner as tuner_mod
+from mrnet_ray.search.planned import Search, run_planned
 from mrnet_ray.search.record import update_record
-from mrnet_ray.search.resources import init_ray
 from mrnet_ray.search.settings import METRIC, SearchSettings
-from mrnet_ray.search.space import load_space
-from mrnet_ray.search.trial import SEED_KEY, trainable, trial_config
-from mrnet_ray.shards import open_prepared
+from mrnet_ray.search.trial import SEED_KEY
 from mrnet_ray.text import format_table, human
-from mrnet_ray.training.feed import share
 
 CONFIRMS_KEY = "confirm.of"
 """The Tune config key of a confirmation run naming the search trial it retrains."""
 ROLE = "confirmation"
 STARTUP_S = 5.0
 """Allowed per run when estimating a confirmation's time (start-up and checkpoints)."""
-
-
-class Points(Searcher):
-    """Hands Tune the given configurations, one per trial, in order: a confirmation's runs.
-    (Tune saves it with the experiment, so a restored confirmation asks for no new ones.)"""
-
-    def __init__(self, points: list[dict[str, Any]]) -> None:
-        super().__init__(metric=METRIC, mode="max")
-        self.points, self.handed = list(points), 0
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
-        if self.handed >= len(self.points):
-            return Searcher.FINISHED
-        self.handed += 1
-        return dict(self.points[self.handed - 1])
-
-    def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
-        return None
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 @dataclass(frozen=True)
@@ -88,6 +52,8 @@ class Confirmed:
     """The confirmation trial of each seed (Tune trial ids)."""
     valid_track_acc: list[float] = field(default_factory=list)
     """Each seed's best validation track accuracy (NaN for a seed that failed)."""
+    best_epochs: list[int] = field(default_factory=list)
+    """The epoch of each seed's best validation track accuracy."""
     params: float = math.nan
 
     @property
@@ -105,7 +71,7 @@ class Confirmed:
         return {
             "trial": self.trial, "config": self.config, "seeds": self.seeds, "runs": self.runs,
             "valid_track_acc": self.valid_track_acc, "mean": self.mean, "sd": self.sd,
-            "params": self.params,
+            "best_epochs": self.best_epochs, "params": self.params,
         }  # fmt: skip
 
 
@@ -175,12 +141,9 @@ def confirm(
 ) -> Confirmation | None:
     """Retrain the top ``k`` configurations of the recorded search with ``n`` new seeds each
     (module docstring); None when interrupted (run it again to resume)."""
-    settings = SearchSettings.from_dict(record)
-    prepared = open_prepared(settings.data)
-    space = load_space(settings.space)
-    n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
-    to_trial = functools.partial(trial_config, space, n_mels, n_classes)
-    outcomes = outcomes_mod.collect(settings.experiment_path, to_trial)
+    search = Search.open(record)
+    settings, to_trial = search.settings, search.to_trial
+    outcomes = search.outcomes()
     planned = plan(ranked_ids, outcomes, k, n, to_trial)
     runs = sum(len(c.seeds) for c in planned)
     minutes = estimate_s(planned, outcomes, settings.max_concurrent or 1, to_trial) / 60
@@ -189,46 +152,26 @@ def confirm(
         f"{n} new seed(s) each: {runs} more trials, about {minutes:.1f} min at "
         f"{settings.max_concurrent or 1} at once"
     )
-    confirm_settings = dataclasses.replace(
-        settings, name=f"{settings.name}-confirm-{k}x{n}", scheduler="fifo"
-    )
-    path = confirm_settings.experiment_path
-    init_ray()
-    shared = share(prepared)
-    trainable_ = trainable(confirm_settings, space, n_mels, n_classes, shared)
-    if tune.Tuner.can_restore(path):
-        print(f"resuming the confirmation in {path}")
-        tuner = tune.Tuner.restore(path, trainable_, resume_unfinished=True, resume_errored=False)
-    else:
-        where = tracking.setup_tracking(settings.tracking_uri, run_dir, settings.experiment)
-        tags = tracking.run_tags(prepared.content_hash) | {tracking.TAG_ROLE: ROLE}
-        callback = tracking.MLflowTrialCallback(
-            where, record["parent_run_id"], to_trial, tags=tags,
-            config_tags={CONFIRMS_KEY: tracking.TAG_CONFIRMS},
-        )  # fmt: skip
-        points = [
-            {**c.config, SEED_KEY: seed, CONFIRMS_KEY: c.trial} for c in planned for seed in c.seeds
-        ]
-        tuner = tuner_mod.make_tuner(
-            confirm_settings, space, trainable_, [callback],
-            Points(points),
-            scheduler=FIFOScheduler(), num_samples=len(points),
-        )  # fmt: skip
-    tuner.fit()
-    result = collect(path, planned, to_trial, confirm_settings)
+    points = [
+        {**c.config, SEED_KEY: seed, CONFIRMS_KEY: c.trial} for c in planned for seed in c.seeds
+    ]
+    ran = run_planned(
+        search, run_dir, f"{settings.name}-confirm-{k}x{n}", points, ROLE,
+        config_tags={CONFIRMS_KEY: tracking.TAG_CONFIRMS},
+    )  # fmt: skip
+    result = collect(search.outcomes(ran.experiment_path), planned, ran)
     if result is not None:
         update_record(run_dir, confirmation={"k": k, "n": n, **result.to_json()})
     return result
 
 
 def collect(
-    path: str, planned: list[Confirmed], to_trial: Any, settings: SearchSettings
+    done: list[outcomes_mod.TrialOutcome], planned: list[Confirmed], settings: SearchSettings
 ) -> Confirmation | None:
-    """The confirmation's outcome from its Tune experiment; None while seeds are unfinished."""
-    done = outcomes_mod.collect(path, to_trial)
-    if any(o.status == "unfinished" for o in done) or len(done) < sum(
-        len(c.seeds) for c in planned
-    ):
+    """The confirmation's outcome from its trials; None while seeds are unfinished."""
+    path = settings.experiment_path
+    expected = sum(len(c.seeds) for c in planned)
+    if len(done) < expected or any(o.status == "unfinished" for o in done):
         return None
     table = []
     for c in planned:
@@ -238,8 +181,10 @@ def collect(
         )
         scores = [o.accuracy if o.accuracy is not None else math.nan for o in mine]
         size = next((o.best.get("params") for o in mine if "params" in o.best), math.nan)
+        epochs = [int(o.best.get("epoch", 0)) for o in mine]
         table.append(dataclasses.replace(
             c, runs=[o.trial_id for o in mine], valid_track_acc=scores, params=size,
+            best_epochs=epochs,
         ))  # fmt: skip
     table = ranking.ranked(table, METRIC, lambda c: {METRIC: c.mean, "params": c.params})
     chosen = table[0]

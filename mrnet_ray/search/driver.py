@@ -37,6 +37,7 @@ from mrnet_ray.search.settings import OBJECTIVES, SearchSettings, default_name
 from mrnet_ray.search.space import load_space
 from mrnet_ray.search.spaces import resolve_space
 from mrnet_ray.shards import Prepared, open_prepared
+from mrnet_ray.shards.baseline import ensure_baseline
 from mrnet_ray.training.feed import share
 
 STORAGE_ENV = "MRNET_RAY_STORAGE"
@@ -186,6 +187,7 @@ def run(
         warm = warm_mod.prepare(
             settings, space, prepared.content_hash, tuner_mod.new_study(settings)
         )
+    baseline = ensure_baseline(prepared)  # fitted once per prepared directory, then kept
     resources.init_ray()
     shared = share(prepared)  # read once, here, for every trial of the search
     settings = _fit_to_cluster(settings, shared is not None)
@@ -205,7 +207,12 @@ def run(
         params["warm_start"] = "; ".join(warm.sources)
         for line in warm.sources:
             print(f"warm start: {line}")
-    tracking.log_search_details(where, parent, params, [Path(settings.space)])
+    scores = {f"baseline_{k}": baseline[k] for k in ("valid_track_acc", "test_track_acc")}
+    tracking.log_search_details(where, parent, params, [Path(settings.space)], scores)
+    print(
+        f"linear baseline ({baseline['model']}): valid track acc "
+        f"{baseline['valid_track_acc']:.4f}; the trials are measured against it"
+    )
 
     n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
     to_trial = functools.partial(trial_mod.trial_config, space, n_mels, n_classes)

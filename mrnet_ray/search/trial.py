@@ -39,16 +39,22 @@ from mrnet_ray.training.raytrain import fit_to_data, make_trainer, worker_error
 
 SEED_KEY = "confirm.seed"
 """A Tune config key that replaces ``train.seed``: a confirmation's new seeds."""
+EPOCHS_KEY = "final.epochs"
+"""A Tune config key that replaces ``train.epochs``: a final fit's epoch count."""
+FIT_ON_KEY = "final.fit_on"
+"""A Tune config key saying what to train on (``train+valid``: a final fit)."""
 
 
 def trial_config(
     space: SearchSpace, n_mels: int, n_classes: int, config: dict[str, Any]
 ) -> TrialConfig:
     """What a trial of ``config`` trains: the space's drawn and fixed fields, the data's bands
-    and classes, and a confirmation's seed (:data:`SEED_KEY`) when it has one."""
+    and classes, and a planned run's seed (:data:`SEED_KEY`) or epochs (:data:`EPOCHS_KEY`)."""
     trial = space.to_trial(config, n_mels=n_mels, n_classes=n_classes)
     if SEED_KEY in config:
         trial = trial.replace(train=trial.train.replace(seed=int(config[SEED_KEY])))
+    if EPOCHS_KEY in config:
+        trial = trial.replace(train=trial.train.replace(epochs=int(config[EPOCHS_KEY])))
     return trial
 
 
@@ -75,11 +81,12 @@ class TrialJob:
 def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
     """Tune function trainable: train one drawn config, reporting every epoch."""
     trial = trial_config(job.space, job.n_mels, job.n_classes, config)
+    fit_on = config.get(FIT_ON_KEY, "train")
     if job.executor == "tune":
         prepared = open_prepared(job.data)
         trial = fit_to_data(trial, prepared)
-        run = plan(prepared, trial, 1)
-        train_in_trial(job.data, trial, run, job.resources, job.shared)
+        run = plan(prepared, trial, 1, fit_on)
+        train_in_trial(job.data, trial, run, job.resources, job.shared, fit_on)
         return
     trainer = make_trainer(
         job.data,
@@ -91,6 +98,7 @@ def mrnet_trial(config: dict[str, Any], job: TrialJob) -> None:
         [TuneReportCallback()],
         max_failures=0,  # retries happen once, in Tune (module docstring)
         shared=job.shared,
+        fit_on=fit_on,
     )
     try:
         trainer.fit()

@@ -11,7 +11,7 @@ re-prepare can write new ones beside them (:mod:`~mrnet_ray.shards.target`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,8 @@ class SplitArrays:
     track_index: np.ndarray
     """int64 ``(n,)``: segments of one track share it (for track-level scores)."""
     track_id: list[str]
+    segment: np.ndarray | None = None
+    """int64 ``(n,)``: the segment's place in its track (None when not needed)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,28 @@ class Prepared:
 
     def read_arrays(self, split: str) -> SplitArrays:
         """One split as numpy arrays, without Ray (evaluation, benchmarks, tests)."""
+        parts = list(self.iter_arrays(split, sort=False))
+        if not parts:
+            n_mels, frames = self.feature.n_mels, self.feature.segment_frames
+            return SplitArrays(
+                np.empty((0, n_mels, frames), np.float32),
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                [],
+            )
+        return _sorted(
+            SplitArrays(
+                np.concatenate([p.mel for p in parts]),
+                np.concatenate([p.label for p in parts]),
+                np.concatenate([p.track_index for p in parts]),
+                [t for p in parts for t in p.track_id],
+                np.concatenate([p.segment for p in parts]),
+            )
+        )
+
+    def iter_arrays(self, split: str, sort: bool = True) -> Iterator[SplitArrays]:
+        """One split, one Parquet file at a time (each sorted by track and segment when
+        ``sort``): what reads a split too large to hold."""
         fs, folder = self.split_location(split)
         n_mels, frames = self.feature.n_mels, self.feature.segment_frames
         files = sorted(
@@ -99,27 +123,32 @@ class Prepared:
             for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
             if info.path.endswith(".parquet")
         )
-        if not files:
-            return SplitArrays(
-                np.empty((0, n_mels, frames), np.float32),
-                np.empty(0, np.int64),
-                np.empty(0, np.int64),
-                [],
+        for f in files:
+            table = pq.read_table(f, filesystem=fs, columns=list(COLUMNS))
+            mel = table.column("mel").combine_chunks()
+            if isinstance(mel, pa.ExtensionArray):  # Ray's tensor type, when ray.data is loaded
+                mel = mel.storage
+            values = mel.flatten().to_numpy(zero_copy_only=False)
+            part = SplitArrays(
+                mel=values.astype(np.float32, copy=False).reshape(len(table), n_mels, frames),
+                label=table.column("label").to_numpy().astype(np.int64),
+                track_index=table.column("track_index").to_numpy().astype(np.int64),
+                track_id=table.column("track_id").to_pylist(),
+                segment=table.column("segment").to_numpy().astype(np.int64),
             )
-        table = pa.concat_tables(
-            pq.read_table(f, filesystem=fs, columns=list(COLUMNS)) for f in files
-        )
-        table = table.sort_by([("track_index", "ascending"), ("segment", "ascending")])
-        mel = table.column("mel").combine_chunks()
-        if isinstance(mel, pa.ExtensionArray):  # Ray's tensor type, when ray.data is imported
-            mel = mel.storage
-        values = mel.flatten().to_numpy(zero_copy_only=False)
-        return SplitArrays(
-            mel=values.astype(np.float32, copy=False).reshape(len(table), n_mels, frames),
-            label=table.column("label").to_numpy().astype(np.int64),
-            track_index=table.column("track_index").to_numpy().astype(np.int64),
-            track_id=table.column("track_id").to_pylist(),
-        )
+            yield _sorted(part) if sort else part
+
+
+def _sorted(arrays: SplitArrays) -> SplitArrays:
+    """Rows ordered by ``(track_index, segment)``."""
+    order = np.lexsort((arrays.segment, arrays.track_index))
+    return SplitArrays(
+        arrays.mel[order],
+        arrays.label[order],
+        arrays.track_index[order],
+        [arrays.track_id[i] for i in order],
+        arrays.segment[order],
+    )
 
 
 def open_prepared(path: str | os.PathLike[str]) -> Prepared:

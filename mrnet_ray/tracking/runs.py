@@ -60,12 +60,19 @@ def end_search_run(
 
 
 def log_search_details(
-    tracking: Tracking, run_id: str, params: Mapping[str, Any] = {}, files: Sequence[Path] = ()
+    tracking: Tracking,
+    run_id: str,
+    params: Mapping[str, Any] = {},
+    files: Sequence[Path] = (),
+    metrics: Mapping[str, float] = {},
 ) -> None:
-    """Log the search run's settings as params (the same values again on ``--resume``) and
-    files (the space, plots, tables) as artifacts at the run's root."""
+    """Log the search run's settings as params (the same values again on ``--resume``), files
+    (the space, plots, tables) as artifacts at the run's root, and metrics (the data's linear
+    baseline, which the UI charts beside the trials)."""
     client = MlflowClient(tracking.uri)
     log_params(client, run_id, params)
+    if metrics:
+        log_metrics(client, run_id, metrics, step=0)
     for path in files:
         client.log_artifact(run_id, str(path))
 

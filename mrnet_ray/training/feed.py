@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ import torch
 from mrnet_ray.shards import Prepared, SplitArrays
 
 Batch = dict[str, torch.Tensor]
+FitOn = Literal["train", "train+valid"]
+"""What a run trains on: the train split, or (a final fit) train and valid together."""
 COLUMNS = ("mel", "label", "track_index")
 DTYPES = {"mel": torch.float32, "label": torch.int64, "track_index": torch.int64}
 MEMORY_FRACTION = 0.25
@@ -99,17 +101,20 @@ class SharedSplits:
     train_ref: Any
     valid_ref: Any
 
-    def get(self) -> tuple[SplitArrays, SplitArrays]:
-        key = (self.train_ref.hex(), self.valid_ref.hex())
+    def get(self, fit_on: FitOn = "train") -> tuple[SplitArrays, SplitArrays]:
+        """``(what to train on, valid)``; ``fit_on="train+valid"`` (a final fit) trains on
+        both, concatenated (valid then measures nothing held out)."""
+        key = (self.train_ref.hex(), self.valid_ref.hex(), fit_on)
         if key not in _FETCHED:
             import ray
 
             _FETCHED.clear()  # one search's data per process at a time
-            _FETCHED[key] = (ray.get(self.train_ref), ray.get(self.valid_ref))
+            train, valid = ray.get(self.train_ref), ray.get(self.valid_ref)
+            _FETCHED[key] = (concat(train, valid) if fit_on == "train+valid" else train, valid)
         return _FETCHED[key]
 
 
-_FETCHED: dict[tuple[str, str], tuple[SplitArrays, SplitArrays]] = {}
+_FETCHED: dict[tuple[str, str, str], tuple[SplitArrays, SplitArrays]] = {}
 """The arrays this process got, by reference: a reused Tune actor does not fetch them again."""
 
 
@@ -129,6 +134,16 @@ def share(prepared: Prepared, fraction: float = MEMORY_FRACTION) -> SharedSplits
         return None
     refs = [ray.put(_compact(prepared.read_arrays(split))) for split in ("train", "valid")]
     return SharedSplits(prepared.path, *refs)
+
+
+def concat(a: SplitArrays, b: SplitArrays) -> SplitArrays:
+    """Two splits as one (their track indices never collide: they index one listing)."""
+    return SplitArrays(
+        np.concatenate([a.mel, b.mel]),
+        np.concatenate([a.label, b.label]),
+        np.concatenate([a.track_index, b.track_index]),
+        [],
+    )
 
 
 def _compact(arrays: SplitArrays) -> SplitArrays:

@@ -59,9 +59,10 @@ class RunPlan:
         return asdict(self)
 
 
-def plan(prepared: Any, trial: TrialConfig, workers: int) -> RunPlan:
+def plan(prepared: Any, trial: TrialConfig, workers: int, fit_on: str = "train") -> RunPlan:
     """The plan of ``trial`` on ``prepared`` (a :class:`~mrnet_ray.shards.Prepared`) with
-    ``workers`` ranks; UserError for a crop, batch or split the data cannot give."""
+    ``workers`` ranks, training on ``fit_on`` (``train`` or ``train+valid``); UserError for a
+    crop, batch or split the data cannot give."""
     cfg, feature = trial.train, prepared.feature
     frames = cfg.crop_frames or feature.segment_frames
     if frames > feature.segment_frames:
@@ -69,7 +70,8 @@ def plan(prepared: Any, trial: TrialConfig, workers: int) -> RunPlan:
             f"crop_frames={cfg.crop_frames} exceeds the {feature.segment_frames}-frame segments "
             f"of {prepared.path}; use a smaller crop or none"
         )
-    per_worker = prepared.segments("train") // workers
+    rows = prepared.segments("train") + (prepared.segments("valid") if "valid" in fit_on else 0)
+    per_worker = rows // workers
     steps = per_worker // cfg.batch_size
     if steps < 1:
         raise UserError(
@@ -202,6 +204,7 @@ def fit(trial: TrialConfig, run: RunPlan, feed: Feed, session: Session) -> None:
             "train_acc": sum(f["train_acc"] * f["samples"] for f in fits) / max(samples, 1),
             **merged.metrics(),
             "lr": float(fit_stats["lr"]),
+            "train_segments": samples,  # what it trained on, all ranks together
             "samples_per_s": samples / max(max(f["seconds"] for f in fits), 1e-9),
             "epoch_time_s": time.perf_counter() - start,
             "params": cost.params,

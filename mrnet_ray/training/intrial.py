@@ -20,7 +20,14 @@ from ray import tune
 
 from mrnet_ray.config import ResourcesConfig, TrialConfig
 from mrnet_ray.training.checkpoint import load_checkpoint, save_checkpoint
-from mrnet_ray.training.feed import COLUMNS, Feed, MemoryFeed, SharedSplits, StreamFeed
+from mrnet_ray.training.feed import (
+    COLUMNS,
+    Feed,
+    FitOn,
+    MemoryFeed,
+    SharedSplits,
+    StreamFeed,
+)
 from mrnet_ray.training.fit import OneRank, RunPlan, fit
 
 SHUFFLE_ROWS = 4096
@@ -47,16 +54,20 @@ class TuneSession(OneRank):
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def trial_feed(data: str, trial: TrialConfig, shared: SharedSplits | None) -> Feed:
+def trial_feed(
+    data: str, trial: TrialConfig, shared: SharedSplits | None, fit_on: FitOn = "train"
+) -> Feed:
     """The trial's batches: the shared splits, else a Ray Data stream of the Parquet shards."""
     cfg = trial.train
     if shared is not None:
-        train, valid = shared.get()
+        train, valid = shared.get(fit_on)
         return MemoryFeed(train, valid, cfg.batch_size, cfg.seed)
     from mrnet_ray.shards import open_prepared
 
     datasets = open_prepared(data).ray_datasets(("train", "valid"))
     train, valid = (datasets[s].select_columns(list(COLUMNS)) for s in ("train", "valid"))
+    if fit_on == "train+valid":
+        train = train.union(valid)
     for ds in (train, valid):
         ds.context.enable_progress_bars = False  # per-epoch bars would bury the trial table
     return StreamFeed(train.iterator(), valid.iterator(), cfg.batch_size, cfg.seed, SHUFFLE_ROWS)
@@ -68,10 +79,11 @@ def train_in_trial(
     run: RunPlan,
     resources: ResourcesConfig,
     shared: SharedSplits | None,
+    fit_on: FitOn = "train",
 ) -> None:
     """Train ``trial`` in this Tune trial's process, on its GPU if it holds one."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     torch.set_num_threads(resources.threads)
     cuda = resources.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda") if cuda else torch.device("cpu")
-    fit(trial, run, trial_feed(data, trial, shared), TuneSession(device))
+    fit(trial, run, trial_feed(data, trial, shared, fit_on), TuneSession(device))

@@ -31,7 +31,14 @@ import torch.distributed as dist
 from mrnet_ray.config import ResourcesConfig, TrialConfig
 from mrnet_ray.shards import Prepared, open_prepared
 from mrnet_ray.training.checkpoint import load_checkpoint, save_checkpoint
-from mrnet_ray.training.feed import COLUMNS, MemoryFeed, SharedSplits, StreamFeed, share
+from mrnet_ray.training.feed import (
+    COLUMNS,
+    FitOn,
+    MemoryFeed,
+    SharedSplits,
+    StreamFeed,
+    share,
+)
 from mrnet_ray.training.fit import RunPlan, fit, plan
 
 SHUFFLE_BYTES = 256 * 2**20
@@ -114,19 +121,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(ResourcesConfig.from_dict(config["resources"]).threads)
     cfg, shared = trial.train, config["shared"]
     if shared is not None:
-        feed: Any = MemoryFeed(*shared.get(), cfg.batch_size, cfg.seed)
+        feed: Any = MemoryFeed(*shared.get(config["fit_on"]), cfg.batch_size, cfg.seed)
     else:
         train, valid = (ray.train.get_dataset_shard(s) for s in ("train", "valid"))
         feed = StreamFeed(train, valid, cfg.batch_size, cfg.seed, config["shuffle_rows"])
     fit(trial, RunPlan(**config["plan"]), feed, RayTrainSession())
 
 
-def ingest_datasets(prepared: Prepared, seed: int) -> dict[str, ray.data.Dataset]:
+def ingest_datasets(
+    prepared: Prepared, seed: int, fit_on: FitOn = "train"
+) -> dict[str, ray.data.Dataset]:
     """The ``train`` and ``valid`` datasets as workers stream them from the shards."""
     datasets = {
         split: ds.select_columns(list(COLUMNS))
         for split, ds in prepared.ray_datasets(("train", "valid")).items()
     }
+    if fit_on == "train+valid":
+        datasets["train"] = datasets["train"].union(datasets["valid"])
     for ds in datasets.values():
         ds.context.enable_progress_bars = False  # per-epoch bars would bury the epoch lines
     # A new block order each epoch (reproducible from the seed): cheap shuffling upstream of
@@ -158,10 +169,12 @@ def make_trainer(
     *,
     max_failures: int = 1,
     shared: SharedSplits | None = None,
+    fit_on: FitOn = "train",
 ) -> ray.train.torch.TorchTrainer:
     """A Ray Train V2 ``TorchTrainer`` for one trial on a prepared directory.
 
-    ``n_mels`` and ``n_classes`` of the model are taken from the data. The workers read
+    ``n_mels`` and ``n_classes`` of the model are taken from the data; ``fit_on`` is what it
+    trains on (``train+valid``: a final fit). The workers read
     ``shared`` splits (a search shares them once for all its trials), else the splits are
     shared here when they fit, else streamed. Checkpoints go to ``storage_path/name``; the two
     best by ``valid_track_acc`` and the latest are kept. ``max_failures`` restarts the worker
@@ -169,9 +182,9 @@ def make_trainer(
     """
     prepared = open_prepared(prepared_dir)
     trial = fit_to_data(trial, prepared)
-    run = plan(prepared, trial, resources.num_workers)
+    run = plan(prepared, trial, resources.num_workers, fit_on)
     shared = shared or share(prepared)
-    datasets = ingest_datasets(prepared, trial.train.seed) if shared is None else None
+    datasets = ingest_datasets(prepared, trial.train.seed, fit_on) if shared is None else None
     row_bytes = 4 * prepared.feature.n_mels * prepared.feature.segment_frames
     per_worker = prepared.segments("train") // resources.num_workers
     resources_per_worker = {"CPU": resources.cpus_per_worker}
@@ -184,6 +197,7 @@ def make_trainer(
             "resources": resources.to_dict(),
             "plan": run.to_dict(),
             "shared": shared,
+            "fit_on": fit_on,
             "shuffle_rows": max(
                 trial.train.batch_size, min(per_worker, SHUFFLE_BYTES // row_bytes)
             ),
