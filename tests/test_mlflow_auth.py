@@ -86,7 +86,9 @@ def test_with_the_right_password_runs_land_and_the_password_is_written_nowhere(
     trial_runs = tracking.list_trial_runs(
         server.backend, record["experiment"], record["parent_run_id"]
     )
-    assert len(trial_runs) == 2 and all(r.status == "FINISHED" for r in trial_runs)
+    assert all(r.status == "FINISHED" for r in trial_runs)
+    roles = sorted(r.tags.get(tracking.TAG_ROLE, "search") for r in trial_runs)
+    assert roles == ["final-fit", "search", "search"]  # best's refit on train+valid too
     assert "registered mrnet-auth version 1" in console
     assert (run_dir / "best" / "model.safetensors").is_file()  # the bundle, searched below
     # Nowhere: the console, the run directory (search.json, Tune's state and results, the
