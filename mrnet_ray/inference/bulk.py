@@ -277,8 +277,8 @@ def classify_collection(opts: BulkOptions, say: Callable[[str], None] = print) -
     failed = sum(e is not None for e in table["error"].to_pylist())
     say(
         f"{len(files)} files: {len(files) - failed} classified, {failed} not (their error "
-        f"column says why) -> {opts.output} in {seconds:.1f} s ({len(files) / seconds:.1f} "
-        f"files/s, {actors} model actor{'s' if actors > 1 else ''}"
-        f"{' on GPUs' if gpus else ''})"
+        f"column says why) -> {opts.output}; {seconds:.1f} s with Ray's start, "
+        f"{len(files) / seconds:.1f} files/s, {actors} model actor{'s' if actors > 1 else ''}"
+        f"{' on GPUs' if gpus else ''}"
     )
     return table

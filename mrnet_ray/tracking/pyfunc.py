@@ -26,6 +26,7 @@ import contextlib
 import importlib.metadata
 import io
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -120,13 +121,19 @@ def signature() -> Any:
 
 @contextlib.contextmanager
 def _quiet(logger: str) -> Iterator[None]:
-    log = logging.getLogger(logger)
-    level = log.level
+    """``logger`` at ERROR and MLflow's artifact progress bars off, for a while."""
+    log, bar = logging.getLogger(logger), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    level, shown = log.level, os.environ.get(bar)
     log.setLevel(logging.ERROR)
+    os.environ[bar] = "false"
     try:
         yield
     finally:
         log.setLevel(level)
+        if shown is None:
+            os.environ.pop(bar, None)
+        else:
+            os.environ[bar] = shown
 
 
 def log_audio_model(bundle_dir: Path, sha256: str) -> str:
