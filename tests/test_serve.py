@@ -161,6 +161,33 @@ def test_48_requests_8_at_a_time_all_succeed_in_shared_batches(server, tiny_bund
     assert max(size for size, n in grew.items() if n > 0) > 1, grew  # batched across callers
 
 
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--follow-alias"], "--follow-alias needs a models:/NAME@ALIAS model to follow"),
+        (["--max-batch", "0"], "--max-batch 0: must be >= 1"),
+        (["--port", "0"], "--port 0: must be >= 1"),
+    ],
+)
+def test_bad_flags_are_one_line(flags, says, tiny_bundle, capsys):
+    from mrnet_ray import serve
+
+    with pytest.raises(SystemExit) as e:
+        serve.main([str(tiny_bundle), *flags])
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {says}")
+
+
+def test_replicas_the_cluster_cannot_hold_are_one_line(ray_session, tiny_bundle):
+    from mrnet_ray.errors import UserError
+    from mrnet_ray.inference import serving
+
+    opts = serving.ServeOptions(model=str(tiny_bundle), replicas=2, cpus_per_replica=4)
+    with pytest.raises(UserError, match="need 8 CPU; the cluster has 2 CPU"):
+        serving.serve_forever(opts)
+
+
 @pytest.mark.slow
 def test_follow_alias_rolls_a_new_version_out_without_dropping_requests(server, registered, clips):
     from mrnet_ray.inference import serving

@@ -22,7 +22,8 @@ Following an alias (:func:`serve_forever`): replicas always load a pinned versio
 re-resolves the alias every ``poll_s``. When it moves, the driver loads and checks the new
 version itself, then redeploys; Serve replaces the replicas in a rolling update with
 ``max_surge_percent=100``: new replicas load before the old ones stop, so no request is
-dropped. The cluster needs room for the extra replicas meanwhile.
+dropped. Without room for the extra replicas, Serve replaces them one at a time; requests
+then wait while a replica loads, and none is dropped either.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-@serve.deployment(name="classifier", max_surge_percent=100)
+@serve.deployment(name="classifier")
 class Classifier:
     """One replica: the model, loaded once, behind the routes of the module docstring."""
 
@@ -205,8 +206,37 @@ class Classifier:
         return b"".join(chunks)
 
 
-def deploy(opts: ServeOptions, model: str) -> None:
-    """Deploy (or roll out) the application serving ``model``; returns once it is RUNNING."""
+def _needs(opts: ServeOptions) -> dict[str, float]:
+    return {
+        "CPU": opts.replicas * opts.cpus_per_replica,
+        "GPU": opts.replicas * opts.gpus_per_replica,
+    }
+
+
+def check_fits(opts: ServeOptions) -> None:
+    """One line if the cluster cannot hold the replicas at all (Serve would wait forever)."""
+    total = ray.cluster_resources()
+    short = {k: v for k, v in _needs(opts).items() if v > total.get(k, 0.0) + 1e-9}
+    if short:
+        have = ", ".join(f"{total.get(k, 0.0):g} {k}" for k in short)
+        need = ", ".join(f"{v:g} {k}" for k, v in short.items())
+        raise UserError(
+            f"--replicas {opts.replicas} x --cpus-per-replica {opts.cpus_per_replica:g} / "
+            f"--gpus-per-replica {opts.gpus_per_replica:g} need {need}; the cluster has {have}"
+        )
+
+
+def room_to_surge(opts: ServeOptions) -> bool:
+    """Whether a new set of replicas fits beside the running one."""
+    free = ray.available_resources()
+    return all(free.get(k, 0.0) + 1e-9 >= v for k, v in _needs(opts).items() if v > 0)
+
+
+def deploy(opts: ServeOptions, model: str, surge: bool = True) -> None:
+    """Deploy (or roll out) the application serving ``model``; returns once it is RUNNING.
+
+    A rollout with ``surge`` starts the new replicas before stopping the old ones; without,
+    Serve replaces them in turn and requests wait while a replica loads (none is dropped)."""
     settings = {
         "cpus": opts.cpus_per_replica, "gpus": opts.gpus_per_replica,
         "max_batch": opts.max_batch, "batch_wait_ms": opts.batch_wait_ms,
@@ -217,6 +247,7 @@ def deploy(opts: ServeOptions, model: str) -> None:
         # a replica holds at most this many requests: it caps the batch, so leave room
         max_ongoing_requests=max(32, 4 * opts.max_batch),
         ray_actor_options={"num_cpus": opts.cpus_per_replica, "num_gpus": opts.gpus_per_replica},
+        max_surge_percent=100 if surge else 0,
     ).bind(model, absolute_store(opts.mlflow_uri), settings)
     serve.run(app, name=APP, route_prefix="/")
 
@@ -246,11 +277,13 @@ def follow(opts: ServeOptions, serving: ModelInfo, say: Callable[[str], None]) -
         return serving
     if (info.version, info.sha256) == (serving.version, serving.sha256):
         return serving
+    surge = room_to_surge(opts)
     say(
         f"{opts.model}: version {serving.version} -> {info.version} "
         f"(sha256 {info.sha256[:12]}); rolling out"
+        + ("" if surge else ", one replica at a time (no room for new ones beside the old)")
     )
-    deploy(opts, pinned(opts.model, info))
+    deploy(opts, pinned(opts.model, info), surge)
     say(f"{opts.model}: version {info.version} serving")
     return info
 
@@ -266,6 +299,12 @@ def serve_forever(opts: ServeOptions, say: Callable[[str], None] = print) -> Non
     started = not ray.is_initialized()
     if started:
         ray.init()  # RAY_ADDRESS joins a cluster
+    try:
+        check_fits(opts)
+    except UserError:
+        if started:
+            ray.shutdown()
+        raise
     # After ray.init, which installs its own SIGTERM handler; a process started in the
     # background may have inherited SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
