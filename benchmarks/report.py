@@ -242,6 +242,67 @@ def memory_section(p: dict, t: dict) -> list[str]:
     ]
 
 
+def serve_section(s: dict) -> list[str]:
+    lines = [
+        "## 6. Serving (`bench_serve.py`)",
+        "",
+        f"`python -m mrnet_ray.serve` with one replica on {s['cpus']} CPUs, an MRNet of "
+        f"C={s['channels']} and default features; each request posts one "
+        f"{s['clip_seconds']:g} s WAV. The clients are threads on the same machine, each "
+        "with a keep-alive connection. Batching: up to 8 requests per forward pass, "
+        "10 ms wait; no batching: 1.",
+        "",
+        "| setting | concurrency | requests / s | p50 ms | p99 ms | failed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, levels in s["serve"].items():
+        for c, r in levels.items():
+            if c.isdigit():
+                lines.append(
+                    f"| {name} | {c} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} "
+                    f"| {r['p99_ms']:.0f} | {r['failures']} |"
+                )
+    cli = s["cli_s_per_call"]
+    lines += [
+        f"| per-file `predict` CLI (a process per file) | 1 | {1 / cli:.2f} | {1e3 * cli:.0f} "
+        "| | |",
+        f"| `predict_file` in one warm process (no HTTP) | 1 | "
+        f"{1e3 / s['in_process_ms_per_file']:.1f} | {s['in_process_ms_per_file']:.0f} | | |",
+        "",
+        "Requests per forward pass, as the replica counted them (size: passes): "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k}: {v}" for k, v in levels["batch_sizes"].items())
+            for name, levels in s["serve"].items()
+        )
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def bulk_section(b: dict) -> list[str]:
+    threads = ", ".join(
+        f"{t} thread(s) {v:.1f}" for t, v in b["loop_files_per_s_by_threads"].items()
+    )
+    return [
+        "## 7. Bulk inference (`bench_bulk.py`)",
+        "",
+        f"`predict --input` over {b['files']} WAV files of {b['clip_seconds']:g} s (MRNet "
+        f"C={b['channels']}, default features) on {b['cpus']} CPUs, against a loop of "
+        f"`predict_file` over the same files in one process ({threads} files/s; the faster is "
+        "the baseline).",
+        "",
+        "| measurement | files / s |",
+        "|---|---:|",
+        f"| loop, one process | {b['loop_files_per_s']:.1f} |",
+        f"| bulk (Ray Data: decode tasks, model actors) | {b['bulk_files_per_s']:.1f} |",
+        f"| bulk, Ray's start ({b['ray_start_s']:.0f} s) included | "
+        f"{b['bulk_with_ray_start_files_per_s']:.1f} |",
+        f"| bulk over the loop | {b['speedup']:.2f}x |",
+        "",
+    ]
+
+
 def write_report(results_dir: Path, out: Path) -> None:
     """``out`` (markdown) and its plots under ``out.parent/img`` from ``results_dir/*.json``."""
 
@@ -251,6 +312,7 @@ def write_report(results_dir: Path, out: Path) -> None:
 
     meta, prepare, train = load("meta"), load("prepare"), load("train")
     search, quality, model = load("search"), load("quality"), load("model")
+    serving, bulk = load("serve"), load("bulk")
     img = out.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
     lines = header(meta)
@@ -266,6 +328,10 @@ def write_report(results_dir: Path, out: Path) -> None:
         lines += quality_section(quality)
     if prepare and train:
         lines += memory_section(prepare, train)
+    if serving:
+        lines += serve_section(serving)
+    if bulk:
+        lines += bulk_section(bulk)
     if model:
         lines += model_section(model)
     notes = results_dir / "NOTES.md"

@@ -5,8 +5,8 @@ torch threads) and writes its figures as JSON; ``report.py`` renders them. The s
 quality benchmarks read the prepared demo corpus, which is prepared first if missing (a
 no-op when ``make demo`` already did it).
 
-    python benchmarks/run.py            # all figures -> benchmarks/RESULTS.md (< 25 min)
-    python benchmarks/run.py --quick    # smaller runs -> benchmarks/quick/RESULTS.md (< 5 min)
+    python benchmarks/run.py            # all figures -> benchmarks/RESULTS.md (about 30 min)
+    python benchmarks/run.py --quick    # smaller runs -> benchmarks/quick/RESULTS.md (< 9 min)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from report import write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-BENCHES = ("model", "prepare", "train", "search", "quality")
+BENCHES = ("model", "prepare", "train", "search", "quality", "serve", "bulk")
 PACKAGES = ("torch", "torchaudio", "ray", "optuna", "mlflow", "pyarrow", "numpy")
 
 
@@ -68,7 +68,7 @@ def ensure_demo(data: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs, under 5 minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller runs, under 9 minutes")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "demo",
                         help="prepared demo corpus (data/demo)")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=BENCHES, help="run only these benchmarks")

@@ -53,3 +53,32 @@ def test_a_missed_target_is_flagged(report, tmp_path):
         if row.startswith("| peak RSS of prepare")
     )
     assert line.endswith("flat: **missed** |")
+
+
+def test_serve_and_bulk_figures_render(report, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(BENCHMARKS / "results", results)
+    level = {"requests": 8, "failures": 0, "requests_per_s": 12.5, "p50_ms": 70.0, "p99_ms": 90.0}
+    serve = {
+        "cpus": 2, "clip_seconds": 10.0, "channels": 64, "quick": True, "cli_s_per_call": 3.1,
+        "in_process_ms_per_file": 25.0,
+        "serve": {
+            name: {"1": level, "8": level, "32": level, "batch_sizes": {"1": 3, "4": 2}}
+            for name in ("batching", "no batching")
+        },
+    }  # fmt: skip
+    bulk = {
+        "cpus": 2, "files": 96, "clip_seconds": 10.0, "channels": 64, "quick": True,
+        "loop_files_per_s": 21.5, "loop_files_per_s_by_threads": {"1": 21.5, "2": 9.0},
+        "bulk_files_per_s": 30.0, "bulk_with_ray_start_files_per_s": 20.0, "ray_start_s": 6.5,
+        "speedup": 1.4,
+    }  # fmt: skip
+    (results / "serve.json").write_text(json.dumps(serve))
+    (results / "bulk.json").write_text(json.dumps(bulk))
+    report.write_report(results, tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## 6. Serving" in text and "## 7. Bulk inference" in text
+    assert "| batching | 8 | 12.5 | 70 | 90 | 0 |" in text
+    assert "| per-file `predict` CLI (a process per file) | 1 | 0.32 | 3100 | | |" in text
+    assert "batching: 1: 3, 4: 2" in text
+    assert "| bulk over the loop | 1.40x |" in text
