@@ -243,8 +243,8 @@ def classify_collection(opts: BulkOptions, say: Callable[[str], None] = print) -
     _check_output(opts.output)
     bundle, info = open_model_info(opts.model, opts.mlflow_uri)  # bad input: one line, no Ray
     _, files = list_audio(opts.input)
-    start = time.perf_counter()
-    if not ray.is_initialized():
+    start, started = time.perf_counter(), not ray.is_initialized()
+    if started:
         ray.init()  # RAY_ADDRESS joins a cluster
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -275,9 +275,10 @@ def classify_collection(opts: BulkOptions, say: Callable[[str], None] = print) -
     write_rows(table, opts.output)
     seconds = time.perf_counter() - start
     failed = sum(e is not None for e in table["error"].to_pylist())
+    ray_start = " with Ray's start" if started else ""
     say(
         f"{len(files)} files: {len(files) - failed} classified, {failed} not (their error "
-        f"column says why) -> {opts.output}; {seconds:.1f} s with Ray's start, "
+        f"column says why) -> {opts.output}; {seconds:.1f} s{ray_start}, "
         f"{len(files) / seconds:.1f} files/s, {actors} model actor{'s' if actors > 1 else ''}"
         f"{' on GPUs' if gpus else ''}"
     )
