@@ -63,6 +63,7 @@ def expected_rows(bundle_dir: Path, files: dict[str, Path], k: int) -> dict[str,
     return out
 
 
+@pytest.mark.slow  # two Ray Data runs: about 10 s, three times that on a busy machine
 def test_a_folder_gives_one_row_per_file_as_predict_does(
     ray_session, skipping_bundle, collection, tmp_path, capsys
 ):
