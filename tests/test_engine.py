@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from itertools import pairwise
 
 import numpy as np
@@ -12,7 +13,13 @@ import torch.nn.functional as F
 
 from mrnet_ray.config import TrainConfig
 from mrnet_ray.training.augment import mixup, random_crop, soft_targets, spec_augment
-from mrnet_ray.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from mrnet_ray.training.loop import (
+    evaluate,
+    make_ema,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
+)
 from mrnet_ray.training.metrics import EvalStats
 
 CPU = torch.device("cpu")
@@ -216,3 +223,57 @@ def test_schedule_holds_its_last_value_past_the_end():
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr / 25e4)
+
+
+def test_ema_follows_the_weights_by_its_decay_each_step():
+    torch.manual_seed(0)
+    batches = separable(32)
+    model = MeanLinear()
+    cfg = TrainConfig(epochs=1, lr=0.05, ema_decay=0.9, label_smoothing=0.0)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(batches))
+    ema = make_ema(model, cfg)
+    expected = {k: None for k, _ in model.named_parameters()}
+    for batch in batches:
+        train_epoch(model, [batch], optimizer, scheduler, cfg, CPU, n_classes=3, ema=ema)
+        for name, p in model.named_parameters():
+            prev = expected[name]
+            expected[name] = p.detach().clone() if prev is None else 0.9 * prev + 0.1 * p.detach()
+    averaged = dict(ema.module.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value)
+    assert int(ema.n_averaged) == len(batches)
+    assert make_ema(model, TrainConfig()) is None  # off by default
+
+
+def test_a_run_with_ema_checkpoints_the_average_and_resumes_exactly():
+    from mrnet_ray.config import MRNetConfig, TrialConfig
+    from mrnet_ray.shards import SplitArrays
+    from mrnet_ray.training.feed import MemoryFeed
+    from mrnet_ray.training.fit import TRAINED_KEY, LocalSession, RunPlan, fit
+
+    class Keeping(LocalSession):
+        def report(self, metrics, state):
+            super().report(metrics, state)
+            self.states = [*getattr(self, "states", []), copy.deepcopy(state)]
+
+    rng = np.random.default_rng(0)
+    split = SplitArrays(rng.normal(size=(16, 4, 16)).astype(np.float32), np.arange(16) % 2,
+                        np.arange(16), [])  # fmt: skip
+    model = MRNetConfig(n_mels=4, n_classes=2, channels=8, res2_scale=2, dilations=(1,),
+                        route_depths=((1,),), se_channels=4, attention_channels=4,
+                        embedding_dim=4)  # fmt: skip
+    trial = TrialConfig(model, TrainConfig(epochs=3, batch_size=4, ema_decay=0.9))
+    feed, plan = MemoryFeed(split, split, 4, 0), RunPlan({}, ["a", "b"], 16, 4)
+    whole = Keeping()
+    fit(trial, plan, feed, whole)
+    resumed = LocalSession(resume_from=whole.states[0])
+    fit(trial, plan, feed, resumed)
+    losses = [r["valid_loss"] for r in whole.reports]
+    assert [r["valid_loss"] for r in resumed.reports] == losses[1:]
+    end = whole.state
+    assert end["ema_steps"] == 3 * 4
+    assert any(not torch.equal(end["model"][k], end[TRAINED_KEY][k]) for k in end["model"])
+    for key in ("model", TRAINED_KEY):
+        for name, value in end[key].items():
+            assert torch.equal(value, resumed.state[key][name]), (key, name)

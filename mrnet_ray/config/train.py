@@ -46,6 +46,9 @@ class TrainConfig(Config):
     """Mixed precision (bf16 autocast) when training on CUDA; ignored on CPU."""
     grad_clip: float | None = 5.0
     """Clip the global gradient norm to this; None turns clipping off."""
+    ema_decay: float = 0.0
+    """Evaluate and export an exponential moving average of the weights with this decay per
+    step (e.g. 0.99); 0 turns it off."""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", f"epochs={self.epochs} must be >= 1")
@@ -79,6 +82,11 @@ class TrainConfig(Config):
             self.crop_frames is None or self.crop_frames >= 8,
             "crop_frames",
             f"crop_frames={self.crop_frames} must be >= 8 or None",
+        )
+        check(
+            0.0 <= self.ema_decay < 1.0,
+            "ema_decay",
+            f"ema_decay={self.ema_decay} must be in [0, 1)",
         )
         check(
             self.grad_clip is None or self.grad_clip > 0,

@@ -4,7 +4,9 @@ The state dict (written each epoch by the training loop) holds ``model`` (unwrap
 ``optimizer``, ``scheduler``, ``epoch`` (completed epochs), ``trial``
 (``TrialConfig.to_dict()``), ``feature`` (``FeatureConfig.to_dict()``), ``labels``,
 ``metrics`` (the last epoch's), ``history`` (every epoch's metrics) and
-``valid_confusion`` (the last epoch's track-level confusion matrix as nested lists).
+``valid_confusion`` (the last epoch's track-level confusion matrix as nested lists). With
+``train.ema_decay`` on, ``model`` is the moving average of the weights (what was evaluated and
+what is exported), ``trained_model`` the trained weights and ``ema_steps`` the steps averaged.
 Only plain types are stored, so :func:`load_checkpoint` can use
 ``torch.load(weights_only=True)``, which refuses to unpickle arbitrary objects.
 """

@@ -39,7 +39,17 @@ from mrnet_ray.config import MRNetConfig, TrialConfig
 from mrnet_ray.errors import UserError
 from mrnet_ray.nn import build_model, model_cost
 from mrnet_ray.training.feed import Feed
-from mrnet_ray.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from mrnet_ray.training.loop import (
+    evaluate,
+    make_ema,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
+)
+
+TRAINED_KEY = "trained_model"
+"""With ``ema_decay`` on, the checkpoint's ``model`` is the moving average (what is evaluated
+and exported) and this key holds the trained weights themselves, which a resumed run continues."""
 
 
 @dataclass(frozen=True)
@@ -174,12 +184,16 @@ def fit(trial: TrialConfig, run: RunPlan, feed: Feed, session: Session) -> None:
     state = session.restore()
     if state is not None:
         check_same_model(state, trial, "the restored checkpoint")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get(TRAINED_KEY, state["model"]))
     model = session.prepare(model)
+    ema = make_ema(model, cfg)  # evaluated, checkpointed as "model" and exported when on
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, run.steps_per_epoch)
     done, history = 0, []
     if state is not None:
+        if ema is not None and TRAINED_KEY in state:
+            ema.module.load_state_dict(state["model"])
+            ema.n_averaged.fill_(state["ema_steps"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         done, history = state["epoch"], state["history"]
@@ -190,10 +204,13 @@ def fit(trial: TrialConfig, run: RunPlan, feed: Feed, session: Session) -> None:
         start = time.perf_counter()
         batches = feed.train(epoch, rank, session.world_size)
         fit_stats = train_epoch(
-            model, batches, optimizer, scheduler, cfg, device, n_classes=n_classes
+            model, batches, optimizer, scheduler, cfg, device, n_classes=n_classes, ema=ema
         )
         session.sync_buffers(model)
-        stats = evaluate(model, feed.valid(rank, session.world_size), n_classes, device)
+        if ema is not None:
+            session.sync_buffers(ema.module)
+        judged = model if ema is None else ema.module
+        stats = evaluate(judged, feed.valid(rank, session.world_size), n_classes, device)
         parts = session.gather((fit_stats, stats))
         fits = [p[0] for p in parts]
         merged = parts[0][1].merge(p[1] for p in parts[1:])
@@ -220,10 +237,15 @@ def fit(trial: TrialConfig, run: RunPlan, feed: Feed, session: Session) -> None:
             session.report(metrics, None)  # only rank 0's report carries the checkpoint
             continue
         unwrapped = getattr(model, "module", model)
+        averaged = {} if ema is None else {
+            TRAINED_KEY: unwrapped.state_dict(),  # what training resumes from
+            "ema_steps": int(ema.n_averaged),
+        }  # fmt: skip
         session.report(
             metrics,
             {
-                "model": unwrapped.state_dict(),
+                "model": (unwrapped if ema is None else ema.module).state_dict(),
+                **averaged,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch,

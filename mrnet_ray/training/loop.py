@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mrnet_ray.config import TrainConfig
 from mrnet_ray.training.augment import mixup, random_crop, soft_targets, spec_augment
@@ -92,6 +93,16 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
 
 
+def make_ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights and buffers (``cfg.ema_decay``
+    per step), or None when it is off. A DDP wrapper is unwrapped: the average is of the
+    network itself, and it is what evaluation and the checkpoint's ``model`` hold."""
+    if not cfg.ema_decay:
+        return None
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+
 def _augment(mel: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     if cfg.crop_frames is not None:
         mel = random_crop(mel, cfg.crop_frames)
@@ -107,8 +118,10 @@ def train_epoch(
     device: torch.device,
     *,
     n_classes: int,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; steps the scheduler after every optimizer step.
+    """One pass over ``batches``; steps the scheduler (and updates ``ema``, the moving
+    average of the weights, when given) after every optimizer step.
 
     Returns ``train_loss`` (mean per segment), ``train_acc`` (arg-max against the dominant
     class of each mixed target), ``samples``, ``seconds`` and ``lr`` (of the last step).
@@ -133,6 +146,8 @@ def train_epoch(
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(getattr(model, "module", model))
         n = label.shape[0]
         loss_sum += loss.item() * n
         correct += int((logits.argmax(dim=1) == target.argmax(dim=1)).sum())
