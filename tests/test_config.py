@@ -1,10 +1,18 @@
 """Config validation: every check names the bad field."""
 
+import itertools
 import re
+from pathlib import Path
 
 import pytest
 
-from mrnet_ray.config import FeatureConfig, MRNetConfig, TrainConfig, TrialConfig
+from mrnet_ray.config import (
+    FeatureConfig,
+    MRNetConfig,
+    ResourcesConfig,
+    TrainConfig,
+    TrialConfig,
+)
 
 
 @pytest.mark.parametrize(
@@ -58,3 +66,31 @@ def test_segment_frames_follow_the_feature_settings():
     assert (
         FeatureConfig(sample_rate=16000, hop_length=256, segment_seconds=3.0).segment_frames == 188
     )
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's attribute docstring, joined into one line, read from the class's source."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, following in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+@pytest.mark.parametrize("cls", [FeatureConfig, MRNetConfig, TrainConfig, ResourcesConfig])
+def test_the_readme_lists_every_field_with_its_default_and_doc(cls):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split(f"**{cls.__name__}**", 1)[1].split("\n\n", 2)[1]
+    rows = {
+        cells[0].strip("` "): (cells[1].strip("` "), cells[2].strip())
+        for line in table.splitlines()[2:]
+        for cells in [line.strip("|").split(" | ")]
+    }
+    default = cls()
+    expected = {name: (str(getattr(default, name)), doc) for name, doc in field_docs(cls).items()}
+    assert rows == expected
