@@ -72,7 +72,23 @@ def open_model_info(model: str, mlflow_uri: str | None = None) -> tuple[Bundle, 
     if not model.startswith(REGISTRY):
         bundle = load_bundle(model)
         return bundle, ModelInfo(bundle.path.resolve().name, None, weights_sha256(bundle.path))
-    from mrnet_ray.tracking import missing_local_store, registry  # MLflow loads only here
+    from mrnet_ray.tracking import registry  # MLflow loads only here
+
+    uri, version = _registered(model, mlflow_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = registry.download_bundle(uri, version, Path(tmp))
+        digest = _checked_digest(model, version, path)
+        return load_bundle(path), ModelInfo(version.name, version.version, digest)
+
+
+def registered_version(model: str, mlflow_uri: str | None = None) -> str:
+    """The version a ``models:/`` reference names now (one registry call, no download)."""
+    return _registered(model, mlflow_uri)[1].version
+
+
+def _registered(model: str, mlflow_uri: str | None) -> tuple[str, ModelVersion]:
+    """The store and the registered version of a ``models:/`` reference."""
+    from mrnet_ray.tracking import missing_local_store, registry
 
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -83,11 +99,7 @@ def open_model_info(model: str, mlflow_uri: str | None = None) -> tuple[Bundle, 
     missing = missing_local_store(uri)
     if missing:
         raise UserError(f"--mlflow-uri {uri}: no store file {missing}; check the path")
-    version = registry.resolve_model_uri(uri, model)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = registry.download_bundle(uri, version, Path(tmp))
-        digest = _checked_digest(model, version, path)
-        return load_bundle(path), ModelInfo(version.name, version.version, digest)
+    return uri, registry.resolve_model_uri(uri, model)
 
 
 def _checked_digest(model: str, version: ModelVersion, path: Path) -> str:

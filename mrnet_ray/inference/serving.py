@@ -56,6 +56,7 @@ from mrnet_ray.inference.predict import (
     open_model_info,
     pinned,
     predict_batch,
+    registered_version,
 )
 
 APP = "mrnet"
@@ -267,15 +268,16 @@ def start_http(host: str, port: int) -> None:
 
 
 def follow(opts: ServeOptions, serving: ModelInfo, say: Callable[[str], None]) -> ModelInfo:
-    """Re-resolve the alias; if it names another version, load and check that version, then
-    roll it out. Returns what is served afterwards (``serving`` if nothing changed or the new
-    version cannot be loaded, which is said and retried at the next poll)."""
+    """Re-resolve the alias (one registry call); if it names another version, load and check
+    that version, then roll it out. Returns what is served afterwards (``serving`` if nothing
+    changed or the new version cannot be loaded, which is said and retried at the next poll)."""
     try:
-        _, info = open_model_info(opts.model, opts.mlflow_uri)
+        version = registered_version(opts.model, opts.mlflow_uri)
+        if version == serving.version:
+            return serving
+        _, info = open_model_info(f"{REGISTRY}{serving.name}/{version}", opts.mlflow_uri)
     except UserError as e:
         say(f"error: {e}; still serving version {serving.version}")
-        return serving
-    if (info.version, info.sha256) == (serving.version, serving.sha256):
         return serving
     surge = room_to_surge(opts)
     say(
