@@ -65,7 +65,16 @@ def search(ray_session, tiny_prepared, tmp_path_factory) -> Path:
 
 
 def export_args(search: Path, out: Path, *more: str) -> list[str]:
-    return ["--run-dir", str(search), "--export", str(out), "--confirm", "0", "--no-final-fit", *more]
+    return [
+        "--run-dir",
+        str(search),
+        "--export",
+        str(out),
+        "--confirm",
+        "0",
+        "--no-final-fit",
+        *more,
+    ]
 
 
 @pytest.mark.slow
