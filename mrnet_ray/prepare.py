@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         ("top_db", float),
         ("segment_seconds", float),
         ("segment_hop_seconds", float),
+        ("eval_hop_seconds", float),
         ("max_track_seconds", float),
     ]:
         default = getattr(FeatureConfig, name)
@@ -69,7 +70,8 @@ def feature_from_args(args: argparse.Namespace, dataset: str) -> FeatureConfig:
     }
     if "segment_seconds" in given and "segment_hop_seconds" not in given:
         given["segment_hop_seconds"] = given["segment_seconds"]
-    ours = {"segment_seconds", "segment_hop_seconds", "short_clip", "max_track_seconds"}
+    ours = {"segment_seconds", "segment_hop_seconds", "eval_hop_seconds", "short_clip"}
+    ours.add("max_track_seconds")
     spectral = sorted(set(given) - ours)
     if dataset == "melon" and spectral:
         raise UserError(

@@ -18,14 +18,19 @@ from mrnet_ray.shards.baseline import C_GRID, ensure_baseline, fit_baseline
 from mrnet_ray.training.feed import MemoryFeed, concat
 
 
-def direct_features(split) -> tuple[np.ndarray, np.ndarray]:
-    """Per track: its segments side by side in time, then each band's mean and std."""
+def direct_features(split, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per track: its segments laid back on the track's timeline, one every ``hop`` frames
+    (overlapping ones write the same frames again), then each band's mean and std."""
     x, y = [], []
     for track in np.unique(split.track_index):
-        mine = split.track_index == track
-        frames = np.concatenate(list(split.mel[mine].astype(np.float64)), axis=1)
-        x.append(np.concatenate([frames.mean(axis=1), frames.std(axis=1)]))
-        y.append(split.label[mine][0])
+        segments = split.mel[split.track_index == track].astype(np.float64)
+        n, n_mels, width = segments.shape
+        timeline = np.full((n_mels, (n - 1) * hop + width), np.nan)
+        for i, seg in enumerate(segments):
+            timeline[:, i * hop : i * hop + width] = seg
+        assert not np.isnan(timeline).any()  # hop <= width here: no gaps
+        x.append(np.concatenate([timeline.mean(axis=1), timeline.std(axis=1)]))
+        y.append(split.label[split.track_index == track][0])
     return np.array(x), np.array(y)
 
 
@@ -35,7 +40,10 @@ def test_the_baseline_is_a_direct_scikit_learn_fit_kept_in_the_manifest(tiny_pre
     prepared = open_prepared(data)
     x, y = {}, {}
     for split in ("train", "valid", "test"):
-        x[split], y[split] = direct_features(prepared.read_arrays(split))
+        cut = prepared.feature if split == "train" else prepared.feature.scoring()
+        hop = min(cut.segment_hop_frames, cut.segment_frames)
+        x[split], y[split] = direct_features(prepared.read_arrays(split), hop)
+    assert prepared.feature.scoring().segment_hop_frames < prepared.feature.segment_frames
 
     def fitted(c):
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(

@@ -175,12 +175,13 @@ def test_damaged_bundle_names_the_file_and_the_fix(how, bundle_dir, tmp_path):
 def test_predict_uses_the_preparation_frontend(bundle_dir, clips):
     bundle = load_bundle(bundle_dir)
     p = inference.predict_file(bundle, clips["mid"])
-    segments = audio_to_segments(clips["mid"], bundle.feature)  # the code path of prepare
+    # the code path of prepare, cut as the test split is: 1 s segments every 0.5 s
+    segments = audio_to_segments(clips["mid"], bundle.feature.for_split("test"))
     with torch.no_grad():
         logits = bundle.model(torch.from_numpy(segments))
     np.testing.assert_allclose(p.segment_probabilities, torch.softmax(logits, 1), atol=1e-6)
     np.testing.assert_allclose(p.probabilities, torch.softmax(logits.mean(0), 0), atol=1e-6)
-    assert p.segment_probabilities.shape == (2, len(LABELS))  # 2.5 s -> two 1 s segments
+    assert p.segment_probabilities.shape == (4, len(LABELS))  # 2.5 s -> four 1 s segments
 
 
 def test_predict_cli_table_json_and_segments(bundle_dir, clips, capsys):
@@ -191,10 +192,10 @@ def test_predict_cli_table_json_and_segments(bundle_dir, clips, capsys):
     assert [line.split()[0] for line in lines[1:]] == files
     predict.main([str(bundle_dir), files[0], "--json", "--segments", "--top-k", "5"])
     (result,) = json.loads(capsys.readouterr().out)
-    assert result["file"] == files[0] and result["segments"] == 2
+    assert result["file"] == files[0] and result["segments"] == 4
     assert sorted(r["label"] for r in result["top_k"]) == sorted(LABELS)  # k capped at 3
     assert sum(r["probability"] for r in result["top_k"]) == pytest.approx(1.0, abs=1e-5)
-    assert [s["start_s"] for s in result["segment_predictions"]] == [0.0, 1.0]
+    assert [s["start_s"] for s in result["segment_predictions"]] == [0.0, 0.5, 1.0, 1.5]
 
 
 def test_bad_file_among_good_ones_is_reported_and_the_rest_predicted(bundle_dir, clips, capsys):

@@ -57,16 +57,18 @@ def test_tiny_prepared_layout_and_counts(tiny_prepared, audio_folder, tiny_featu
 
 
 def test_segments_equal_direct_frontend(tiny_prepared, audio_folder, tiny_feature):
-    """The stored rows are exactly features.audio_to_segments of the source file."""
+    """The stored rows are exactly features.audio_to_segments of the source file: every
+    segment_hop_seconds in train, every eval_hop_seconds (overlapping) in valid and test."""
     prepared = open_prepared(tiny_prepared)
     checked = set()
     for split in ("train", "valid", "test"):
+        cfg = tiny_feature.for_split(split)
         arrays = prepared.read_arrays(split)
         for track_id in ("low/low_01", "mid/mid_03"):  # 44.1 kHz stereo flac, 22 kHz stereo OGG
             rows = [i for i, t in enumerate(arrays.track_id) if t == track_id]
             if rows:
                 source = next(audio_folder.root.glob(f"{track_id}.*"))
-                expected = features.audio_to_segments(source, tiny_feature)
+                expected = features.audio_to_segments(source, cfg)
                 np.testing.assert_allclose(arrays.mel[rows], expected, atol=1e-4)
                 checked.add(track_id)
     assert checked == {"low/low_01", "mid/mid_03"}
@@ -85,7 +87,12 @@ def test_gtzan_cli_rerun_is_a_noop_and_force_rebuilds(ray_session, gtzan_tree, t
     assert first["labels"] == ["blues", "jazz", "pop"]
     expected = Counter(gtzan_tree.splits.values())
     assert {s: c["tracks"] for s, c in first["counts"].items()} == expected
-    assert all(c["segments"] == 4 * c["tracks"] for c in first["counts"].values())  # 2 s clips
+    # 2 s clips (126 frames): 4 segments of 0.5 s (31 frames) to train on, 6 overlapping ones
+    # every 0.25 s (16 frames) to score
+    per_track = {"train": 4, "valid": 6, "test": 6}
+    assert {s: c["segments"] for s, c in first["counts"].items()} == {
+        s: per_track[s] * c["tracks"] for s, c in first["counts"].items()
+    }
     reasons = {Path(s["path"]).name: s["reason"] for s in first["skipped"]}
     assert reasons["jazz.00054.wav"].startswith("known corrupt file in common GTZAN copies (")
     files = sorted(p.name for p in out.rglob("*.parquet"))

@@ -4,7 +4,7 @@ every bundle, used by prepare, predict and serving alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from mrnet_ray.config.base import Config, check
 
@@ -32,7 +32,11 @@ class FeatureConfig(Config):
     segment_seconds: float = 3.0
     """Length of one training/prediction segment in seconds."""
     segment_hop_seconds: float = 3.0
-    """Distance between segment starts in seconds (equal to the length: no overlap)."""
+    """Distance between training segment starts in seconds (equal to the length: no overlap)."""
+    eval_hop_seconds: float | None = None
+    """Distance between segment starts where a whole track is scored (the valid and test
+    splits, predict, serve, bulk); below segment_seconds the segments overlap and the track's
+    logits are their mean. None: half of segment_seconds."""
     short_clip: ShortClip = "pad"
     """Clips shorter than one segment: 'pad' with silence or 'skip' them."""
     max_track_seconds: float = 600.0
@@ -75,6 +79,11 @@ class FeatureConfig(Config):
             f"segment_hop_seconds={self.segment_hop_seconds} must be > 0",
         )
         check(
+            self.eval_hop_seconds is None or self.eval_hop_seconds > 0,
+            "eval_hop_seconds",
+            f"eval_hop_seconds={self.eval_hop_seconds} must be > 0 or None",
+        )
+        check(
             self.short_clip in get_args(ShortClip),
             "short_clip",
             f"short_clip={self.short_clip!r} must be one of {get_args(ShortClip)}",
@@ -99,3 +108,27 @@ class FeatureConfig(Config):
     def segment_hop_frames(self) -> int:
         """Frames between consecutive segment starts."""
         return max(1, round(self.segment_hop_seconds * self.sample_rate / self.hop_length))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:
+        """As :meth:`Config.from_dict`. Settings recorded before ``eval_hop_seconds`` existed
+        (prepared directories, bundles) scored tracks every ``segment_hop_seconds``, and still do.
+        """
+        if "eval_hop_seconds" not in values:
+            hop = values.get("segment_hop_seconds", cls.segment_hop_seconds)
+            values = {**values, "eval_hop_seconds": hop}
+        return super().from_dict(values)
+
+    def for_split(self, split: str) -> FeatureConfig:
+        """How ``split`` is cut: train every ``segment_hop_seconds``, valid and test as a
+        track is scored (:meth:`scoring`)."""
+        return self if split == "train" else self.scoring()
+
+    def scoring(self) -> FeatureConfig:
+        """These settings as a whole track is scored with: segments every ``eval_hop_seconds``.
+
+        >>> FeatureConfig().scoring().segment_hop_seconds  # half of the 3 s segment
+        1.5
+        """
+        hop = self.segment_seconds / 2 if self.eval_hop_seconds is None else self.eval_hop_seconds
+        return self.replace(segment_hop_seconds=hop)

@@ -154,8 +154,9 @@ def _label(source: AudioSource, name: str) -> str:
 
 def file_segments(source: AudioSource, feature: FeatureConfig, name: str = "<audio>") -> np.ndarray:
     """Decode and cut one file (a path, or a binary file-like object called ``name`` in
-    messages) -> ``(n_segments, n_mels, segment_frames)``; AudioError if it gives none."""
-    segments = audio_to_segments(source, feature, name=name)
+    messages) -> ``(n_segments, n_mels, segment_frames)``, every ``eval_hop_seconds`` as the
+    test split was cut; AudioError if it gives none."""
+    segments = audio_to_segments(source, feature.scoring(), name=name)
     if len(segments) == 0:
         raise AudioError(
             f"{_label(source, name)}: shorter than one {feature.segment_seconds:g} s "
@@ -228,7 +229,7 @@ def to_json(p: Prediction, bundle: Bundle, k: int, segments: bool) -> dict:
         "top_k": top_k(p.probabilities, bundle.labels, k),
     }
     if segments:
-        hop = bundle.feature.segment_hop_seconds
+        hop = bundle.feature.scoring().segment_hop_seconds
         out["segment_predictions"] = [
             {"index": i, "start_s": round(i * hop, 3), "top_k": top_k(s, bundle.labels, k)}
             for i, s in enumerate(p.segment_probabilities)

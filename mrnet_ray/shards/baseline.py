@@ -1,9 +1,9 @@
 """The linear baseline of a prepared directory: log-mel statistics + logistic regression.
 
 The cheapest honest answer to "is the network any good?": per track, the mean and the
-standard deviation over time of every mel band (``2 x n_mels`` numbers, over all of the
-track's segments, exactly the frames the networks see), standardised and fed to a logistic
-regression (scikit-learn, L-BFGS) whose inverse regularisation ``C`` is chosen from
+standard deviation over time of every mel band (``2 x n_mels`` numbers, over the frames of
+the track's segments, each frame once where scoring segments overlap), standardised and fed to
+a logistic regression (scikit-learn, L-BFGS) whose inverse regularisation ``C`` is chosen from
 :data:`C_GRID` by track accuracy on the valid split (ties: the smaller ``C``), then scored once
 on the test split. It is deterministic, and computed once per prepared directory: the first
 search on it (or ``best``) computes it and keeps it in ``manifest.json`` under ``baseline``.
@@ -29,24 +29,33 @@ from mrnet_ray.storage import resolve, write_atomic
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried; the valid split picks one."""
-VERSION = 1
-"""Bumped when the baseline's recipe changes, so cached scores are recomputed."""
+VERSION = 2
+"""Bumped when the baseline's recipe changes, so cached scores are recomputed (2: frames of
+overlapping segments counted once)."""
 NAME = "log-mel mean/std per band + logistic regression"
 
 
-def track_features(split: SplitArrays) -> tuple[np.ndarray, np.ndarray]:
-    """``(tracks, 2 * n_mels)`` per-band mean and std over all of a track's frames, and the
-    tracks' labels, in ``track_index`` order."""
-    stats = TrackStats()
+def track_features(
+    split: SplitArrays, new_frames: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(tracks, 2 * n_mels)`` per-band mean and std over a track's frames, and the tracks'
+    labels, in ``track_index`` order; ``new_frames`` as for :class:`TrackStats`."""
+    stats = TrackStats(new_frames)
     stats.add(split)
     return stats.features()
 
 
 class TrackStats:
     """Per-track sums of frames, squared frames and counts: a split's features without holding
-    the split (tracks may continue across the files :meth:`add` is given)."""
+    the split (tracks may continue across the files :meth:`add` is given, in segment order).
 
-    def __init__(self) -> None:
+    ``new_frames``: the frames a segment adds to the one before it, where segments overlap
+    (the hop in frames); its first segment counts whole, each later one only its last
+    ``new_frames``, so every frame counts once. None: segments do not overlap.
+    """
+
+    def __init__(self, new_frames: int | None = None) -> None:
+        self.new_frames = new_frames
         self.sums: dict[int, np.ndarray] = {}
         self.squares: dict[int, np.ndarray] = {}
         self.frames: dict[int, int] = {}
@@ -55,11 +64,16 @@ class TrackStats:
     def add(self, split: SplitArrays) -> None:
         for track in np.unique(split.track_index):
             mine = split.track_index == track
-            mel = split.mel[mine].astype(np.float64)  # (segments, n_mels, frames)
             key = int(track)
-            self.sums[key] = self.sums.get(key, 0.0) + mel.sum(axis=(0, 2))
-            self.squares[key] = self.squares.get(key, 0.0) + (mel**2).sum(axis=(0, 2))
-            self.frames[key] = self.frames.get(key, 0) + mel.shape[0] * mel.shape[2]
+            mel = split.mel[mine].astype(np.float64)  # (segments, n_mels, frames)
+            parts = [mel]
+            if self.new_frames is not None and self.new_frames < mel.shape[2]:
+                whole = 0 if key in self.frames else 1  # the track's first segment
+                parts = [mel[:whole], mel[whole:, :, mel.shape[2] - self.new_frames :]]
+            for part in parts:
+                self.sums[key] = self.sums.get(key, 0.0) + part.sum(axis=(0, 2))
+                self.squares[key] = self.squares.get(key, 0.0) + (part**2).sum(axis=(0, 2))
+                self.frames[key] = self.frames.get(key, 0) + part.shape[0] * part.shape[2]
             self.labels[key] = int(split.label[mine][0])
 
     def features(self) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +94,7 @@ def fit_baseline(prepared: Prepared) -> dict[str, Any]:
 
     x, y = {}, {}
     for split in ("train", "valid", "test"):
-        stats = TrackStats()
+        stats = TrackStats(prepared.feature.for_split(split).segment_hop_frames)
         for part in prepared.iter_arrays(split):
             stats.add(part)
         x[split], y[split] = stats.features()

@@ -52,6 +52,7 @@ def _resolve_feature(dataset: str, listing: Listing, feature: FeatureConfig) -> 
     return listing.feature.replace(
         segment_seconds=feature.segment_seconds,
         segment_hop_seconds=feature.segment_hop_seconds,
+        eval_hop_seconds=feature.eval_hop_seconds,
         short_clip=feature.short_clip,
         max_track_seconds=feature.max_track_seconds,
     )

@@ -53,7 +53,8 @@ def segment_tracks(
         # The path travels as bytes (an Arrow binary column holds any file name).
         path, index = os.fsdecode(bytes(batch["path"][i])), int(batch["track_index"][i])
         try:
-            segs = _segments_of(path, cfg, kind)  # (n_segments, n_mels, segment_frames)
+            cut = cfg.for_split(str(batch["split"][i]))  # scored splits: overlapping
+            segs = _segments_of(path, cut, kind)  # (n_segments, n_mels, segment_frames)
         except AudioError as e:
             # The manifest names the path already.
             reason = str(e).removeprefix(f"{printable(path)}: ")
