@@ -67,6 +67,34 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
             return None
 
 
+def read_bytes(location: str) -> bytes | None:
+    """The bytes of the file or object at ``location``, or None if there is none."""
+    fs, path, _ = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write ``data`` to ``location``, whole or not at all: a local path through
+    :func:`write_atomic`, an object in one upload (an object store shows it only once complete)."""
+    if "://" not in location:
+        write_atomic(location, data)
+        return
+    fs, path, _ = resolve(location)
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def delete(location: str) -> None:
+    """Remove the file or object at ``location``, if there is one."""
+    fs, path, _ = resolve(location)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
 def _fsync_dir(path: Path) -> None:
     """Flush a directory entry (a rename into it) to disk; a no-op where that is unsupported."""
     with contextlib.suppress(OSError):
@@ -110,18 +138,23 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     return path
 
 
-def _alive(host: str, pid: str) -> bool:
-    """Whether staging of ``host``/``pid`` may still be in use (always, for other hosts)."""
-    here = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32]
-    if host != here or not pid.isdigit():
-        return True
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (one of another user's counts as running)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _alive(host: str, pid: str) -> bool:
+    """Whether staging of ``host``/``pid`` may still be in use (always, for other hosts)."""
+    here = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32]
+    if host != here or not pid.isdigit():
+        return True
+    return pid_alive(int(pid))
 
 
 def token_in_use(token: str) -> bool:

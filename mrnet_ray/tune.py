@@ -5,13 +5,15 @@
         [--objective acc|acc-params|acc-flops] [--workers N --cpus-per-worker C
         --gpus-per-worker G] [--trial-executor auto|train|tune] [--run-dir DIR]
         [--storage PATH|s3://...] [--mlflow-uri URI]
-    python -m mrnet_ray.tune --resume --run-dir DIR
+    python -m mrnet_ray.tune --resume --run-dir DIR [--storage PATH|s3://... --name NAME]
 
 Also ``ray submit cluster/gpu.yaml mrnet_ray/tune.py -- ARGS``, which copies this file alone
 to the head node and runs it as a script. Everything is checked before the first trial (data,
 space, tracking server, resources); the run directory then holds ``search.json`` (what ``best``
 and ``--resume`` read), the Optuna journal, the local MLflow store and, unless ``--storage``,
-the Ray results. The search itself is :mod:`mrnet_ray.search.driver`.
+the Ray results. A search keeps copies of ``search.json`` and the journal in the results root,
+so ``--resume`` with ``--storage`` and ``--name`` works from a head whose run directory is
+empty. The search itself is :mod:`mrnet_ray.search.driver`.
 """
 
 import sys
@@ -29,17 +31,16 @@ import dataclasses
 
 from mrnet_ray.config import ResourcesConfig
 from mrnet_ray.errors import UserError, cli
-from mrnet_ray.search import driver
-from mrnet_ray.search.driver import STORAGE_ENV
+from mrnet_ray.search import driver, resume
 from mrnet_ray.search.record import RECORD
-from mrnet_ray.search.settings import OBJECTIVES, SearchSettings
+from mrnet_ray.search.settings import OBJECTIVES, STORAGE_ENV, SearchSettings
 from mrnet_ray.search.spaces import DEFAULT_SPACE
 
 SMOKE = {"num_samples": 2, "space": "smoke"}
 KNOBS = ("num_samples", "trial_cpus", "searcher", "seed", "objective", "max_failures",
          "experiment", "max_concurrent", "trial_executor")  # fmt: skip
 """Flags that are SearchSettings fields of the same name."""
-RESUME_FLAGS = ("resume", "run_dir", "name", "data", "space")
+RESUME_FLAGS = ("resume", "run_dir", "name", "data", "space", "storage")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mlflow-uri", help="default $MLFLOW_TRACKING_URI, else sqlite in the run dir")
     p.add_argument("--experiment", help=f"MLflow experiment (default {d['experiment']})")
-    p.add_argument("--resume", action="store_true", help="continue the search in --run-dir")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the search in --run-dir (an empty one: from --storage, --name)",
+    )  # fmt: skip
     p.add_argument("--smoke-test", action="store_true", help="2 trials of the smoke space")
     return p
 
@@ -98,8 +102,8 @@ def _resume(args: argparse.Namespace) -> int:
             f"{flag}: --resume continues a search exactly as it was started (its settings are "
             f"in {RECORD}); drop {flag}, or start a new search with another --name"
         )
-    run_dir = driver.locate_run_dir(args.run_dir, args.name, args.data, args.space)
-    settings, prepared = driver.resumed_search(run_dir)
+    run_dir = resume.locate_run_dir(args.run_dir, args.name, args.data, args.space)
+    settings, prepared = resume.resumed_search(run_dir, args.storage, args.name)
     return driver.run(settings, prepared, resume=True)
 
 

@@ -30,5 +30,5 @@ for _key, _value in {
 from fixtures.audio import audio_folder, hostile_folder  # noqa: E402, F401
 from fixtures.cluster import ray_session, tiny_feature, tiny_prepared  # noqa: E402, F401
 from fixtures.models import registered, tiny_bundle  # noqa: E402, F401
-from fixtures.servers import mlflow_auth_server, s3_uri  # noqa: E402, F401
+from fixtures.servers import mlflow_auth_server, mlflow_server, s3_uri  # noqa: E402, F401
 from fixtures.trees import fma_tree, gtzan_tree, melon_tree  # noqa: E402, F401

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -202,66 +198,33 @@ def test_callback_one_run_per_trial_even_after_resume(tmp_path, ray_session):
 # ---- a real tracking server, and an outage in the middle of a search ---------------------------
 
 
-def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    mlflow = Path(sys.executable).parent / "mlflow"
-    return subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-
-
-def wait_healthy(uri: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {uri} did not start")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)  # the CLI and its uvicorn child, nothing else
-    server.wait(timeout=30)
-
-
 @pytest.mark.slow
-def test_server_outage_mid_search_is_buffered(tmp_path, ray_session, monkeypatch, caplog):
+def test_server_outage_mid_search_is_buffered(
+    tmp_path, ray_session, mlflow_server, monkeypatch, caplog
+):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast; the writer retries
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_server(tmp_path, port)
-    try:
-        wait_healthy(uri)
-        tracking = setup_tracking(uri, tmp_path / "run", "exp")  # over the REST API
-        parent = start_search_run(tracking, "search", key="outage")
-        stop_server(server)
-        with pytest.raises(UserError, match="is unreachable"):
-            check_reachable(uri, timeout_s=2)
-        server = start_server(tmp_path, port)  # back in ~10 s, while trials report
-        callback = MLflowTrialCallback(
-            tracking, parent, trial_config, retry_s=0.5, flush_timeout_s=120
-        )
-        with caplog.at_level(logging.WARNING, logger="mrnet_ray.tracking"):
-            run_search(tmp_path / "ray", callback, xs=(1, 2))
-        assert "MLflow unreachable" in caplog.text  # the outage really happened
-        runs = child_runs(tracking, parent)
-        assert {lr: r.status for lr, r in runs.items()} == {
-            "0.001": "FINISHED",
-            "0.002": "FINISHED",
-        }
-        assert runs["0.002"].metrics["valid_acc"] == pytest.approx(0.6)
-        history = MlflowClient(uri).get_metric_history(runs["0.001"].run_id, "train_loss")
-        assert [m.step for m in history] == [1, 2, 3]
-        assert (tmp_path / "server-artifacts").is_dir()  # artifacts went through the server
-        assert not (tmp_path / "run" / "mlartifacts").exists()
-    finally:
-        stop_server(server)
+    uri = mlflow_server.uri
+    tracking = setup_tracking(uri, tmp_path / "run", "exp")  # over the REST API
+    parent = start_search_run(tracking, "search", key="outage")
+    mlflow_server.stop()
+    with pytest.raises(UserError, match="is unreachable"):
+        check_reachable(uri, timeout_s=2)
+    mlflow_server.start(wait=False)  # back in ~10 s, while trials report
+    callback = MLflowTrialCallback(tracking, parent, trial_config, retry_s=0.5, flush_timeout_s=120)
+    with caplog.at_level(logging.WARNING, logger="mrnet_ray.tracking"):
+        run_search(tmp_path / "ray", callback, xs=(1, 2))
+    assert "MLflow unreachable" in caplog.text  # the outage really happened
+    runs = child_runs(tracking, parent)
+    assert {lr: r.status for lr, r in runs.items()} == {
+        "0.001": "FINISHED",
+        "0.002": "FINISHED",
+    }
+    assert runs["0.002"].metrics["valid_acc"] == pytest.approx(0.6)
+    history = MlflowClient(uri).get_metric_history(runs["0.001"].run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert (mlflow_server.root / "server-artifacts").is_dir()  # artifacts went through it
+    assert not (tmp_path / "run" / "mlartifacts").exists()
 
 
 def test_registry_calls_leave_no_tracking_uri_behind(tmp_path, monkeypatch):

@@ -2,9 +2,10 @@
 
 :func:`plan_search` turns what the user asked for into checked
 :class:`~mrnet_ray.search.settings.SearchSettings` (data, space, run directory, storage,
-tracking); :func:`resumed_search` reads them back from ``search.json``; :func:`run` checks the
-tracking server and the cluster, opens the MLflow search run, runs (or restores) the Tuner
-and writes the record, the reports and the closing summary.
+tracking); :func:`~mrnet_ray.search.resume.resumed_search` reads them back from
+``search.json``; :func:`run` takes the search's locks, checks the tracking server and the
+cluster, opens the MLflow search run and runs (or restores) the Tuner;
+:func:`~mrnet_ray.search.closing.end_search` writes the record, the reports and the summary.
 """
 
 from __future__ import annotations
@@ -21,28 +22,30 @@ from ray import tune
 
 from mrnet_ray import tracking
 from mrnet_ray.errors import UserError
+from mrnet_ray.search import lock, resources
 from mrnet_ray.search import outcomes as outcomes_mod
-from mrnet_ray.search import report, resources
 from mrnet_ray.search import trial as trial_mod
 from mrnet_ray.search import tuner as tuner_mod
 from mrnet_ray.search import warm as warm_mod
+from mrnet_ray.search.closing import ORPHAN_REASON as ORPHAN_REASON
+from mrnet_ray.search.closing import end_failed, end_search, reconcile
 from mrnet_ray.search.limits import CostCheck, record_infeasible
-from mrnet_ray.search.record import (
-    check_resumable,
-    read_record,
-    record_path,
-    write_record,
+from mrnet_ray.search.record import read_record, record_path, write_record
+from mrnet_ray.search.resume import restore_run_dir
+from mrnet_ray.search.settings import (
+    OBJECTIVES,
+    STORAGE_ENV,
+    SearchSettings,
+    default_name,
+    storage_root,
 )
-from mrnet_ray.search.settings import OBJECTIVES, SearchSettings, default_name
 from mrnet_ray.search.space import load_space
 from mrnet_ray.search.spaces import resolve_space
 from mrnet_ray.shards import Prepared, open_prepared
 from mrnet_ray.shards.baseline import ensure_baseline
 from mrnet_ray.training.feed import share
 
-STORAGE_ENV = "MRNET_RAY_STORAGE"
 TAG_SPACE = "mrnet_ray.space"
-ORPHAN_REASON = "started just before the search was killed; Tune never saved this trial"
 
 
 def plan_search(
@@ -68,9 +71,7 @@ def plan_search(
     dataset = prepared.manifest.get("dataset", "data")
     name = name or default_name(space_path, dataset, prepared.content_hash)
     run_path = Path(run_dir or Path("runs") / name).expanduser().resolve()
-    storage = storage or os.environ.get(STORAGE_ENV) or str(run_path / "ray")
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
+    storage = storage_root(storage or os.environ.get(STORAGE_ENV) or str(run_path / "ray"))
     objective = fields.get("objective", "acc")
     multi = len(OBJECTIVES.get(objective, ())) > 1
     settings = SearchSettings(
@@ -83,39 +84,6 @@ def plan_search(
         scheduler=scheduler or ("fifo" if multi else "asha"),  # type: ignore[arg-type]
         **fields,
     )
-    return settings, prepared
-
-
-def locate_run_dir(
-    run_dir: str | None, name: str | None, data: str | None, space: str | None
-) -> Path:
-    """The run directory ``--resume`` means: given, or ``runs/<name>``, or the default name of
-    the data and space the search started with."""
-    if run_dir:
-        return Path(run_dir).expanduser().resolve()
-    if name:
-        return Path("runs", name).resolve()
-    if data and space:
-        prepared = open_prepared(data)
-        dataset = prepared.manifest.get("dataset", "data")
-        return Path(
-            "runs", default_name(resolve_space(space), dataset, prepared.content_hash)
-        ).resolve()
-    raise UserError("--resume needs --run-dir DIR (or the --data and --space it started with)")
-
-
-def resumed_search(run_dir: Path) -> tuple[SearchSettings, Prepared]:
-    """The saved settings of the search in ``run_dir``, checked to be resumable."""
-    if not record_path(run_dir).is_file():
-        raise UserError(
-            f"nothing to resume: {record_path(run_dir)} does not exist; start the search "
-            "without --resume"
-        )
-    record = read_record(run_dir)
-    check_resumable(record, run_dir)
-    settings = SearchSettings.from_dict(record)
-    prepared = open_prepared(settings.data)
-    load_space(settings.space)
     return settings, prepared
 
 
@@ -159,15 +127,6 @@ def search_params(settings: SearchSettings, in_memory: bool) -> dict[str, Any]:
     return params | {"executor": settings.executor, "data_in_memory": in_memory}
 
 
-def _any_trial(experiment_path: str) -> bool:
-    """Whether the Tune experiment holds a trial (a search whose every proposal was over the
-    limits holds none, nor perhaps any state at all)."""
-    try:
-        return bool(tune.ExperimentAnalysis(experiment_path).trials)
-    except (ValueError, OSError, RuntimeError):
-        return False
-
-
 def run(
     settings: SearchSettings,
     prepared: Prepared,
@@ -177,20 +136,40 @@ def run(
 ) -> int:
     """Check everything, run (or continue) the search, report; returns the exit status.
 
+    The search's locks are held throughout (:mod:`~mrnet_ray.search.lock`): a second ``tune``
+    on the same run directory or Tune experiment stops in one line before it touches either.
     ``callbacks`` join the MLflow callback of a new search (a restored one brings back the
     callbacks it started with)."""
+    with lock.hold(settings) as notes:
+        for note in notes:
+            print(note)
+        return _run_owned(settings, prepared, resume=resume, callbacks=callbacks)
+
+
+def _run_owned(
+    settings: SearchSettings,
+    prepared: Prepared,
+    *,
+    resume: bool,
+    callbacks: Sequence[tune.Callback],
+) -> int:
+    """:func:`run`, once this process owns the search."""
     space = load_space(settings.space)
+    if resume:
+        for line in restore_run_dir(settings):
+            print(line)
     _check_can_start(settings, resume)
+    baseline = ensure_baseline(prepared)  # fitted once per prepared directory, then kept
+    resources.init_ray()
+    resources.check_shared_storage(settings.storage)
+    shared = share(prepared)  # read once, here, for every trial of the search
+    settings = _fit_to_cluster(settings, shared is not None)
     warm = None
-    if not resume:
+    if not resume:  # the study's journal is written once the search is known to fit
         tuner_mod.drop_stale_study(settings)
         warm = warm_mod.prepare(
             settings, space, prepared.content_hash, tuner_mod.new_study(settings)
         )
-    baseline = ensure_baseline(prepared)  # fitted once per prepared directory, then kept
-    resources.init_ray()
-    shared = share(prepared)  # read once, here, for every trial of the search
-    settings = _fit_to_cluster(settings, shared is not None)
 
     run_dir = Path(settings.run_dir)
     where = tracking.setup_tracking(settings.tracking_uri, run_dir, settings.experiment)
@@ -216,6 +195,11 @@ def run(
 
     n_mels, n_classes = prepared.feature.n_mels, len(prepared.labels)
     to_trial = functools.partial(trial_mod.trial_config, space, n_mels, n_classes)
+    if resume:  # what the last session's MLflow writes lost, before trials write again
+        before = outcomes_mod.collect(settings.experiment_path, to_trial)
+        mended = reconcile(where, parent, before, to_trial, tags)
+        if mended:
+            print(f"MLflow runs of {len(mended)} trial(s) completed from Tune's results")
     trainable = trial_mod.trainable(settings, space, n_mels, n_classes, shared)
     # The new output engine ignores progress_reporter and picks its own first four metrics.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -234,52 +218,9 @@ def run(
         tuner.fit()
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        tracking.end_search_run(where, parent, status, error=f"{type(e).__name__}: {e}")
-        write_record(settings, status=status)
+        end_failed(settings, where, parent, status, f"{type(e).__name__}: {e}")
         raise
-    wall_s = time.monotonic() - started
-    exhausted = getattr(searcher, "exhausted", "")
-
-    if exhausted and not _any_trial(settings.experiment_path):
-        tracking.end_search_run(where, parent, "FAILED", error=exhausted)
-        write_record(settings, status="FAILED")
-        raise UserError(f"{settings.space}: {exhausted}")
-    outcomes = outcomes_mod.collect(settings.experiment_path, to_trial)
-    counts = outcomes_mod.counts(outcomes)
-    interrupted = counts["unfinished"] > 0
-    files, notes = report.write_reports(settings, outcomes, interrupted)
-    best = outcomes_mod.best_trial(outcomes)
-    best_record = report.best_record(settings, where, parent, best, to_trial)
-    old = read_record(run_dir)
-    status = "KILLED" if interrupted else "FINISHED"
-    write_record(
-        settings,
-        status=status,
-        wall_s=round(old.get("wall_s", 0.0) + wall_s, 1),
-        trials=counts,
-        best=best_record,
-        pareto=[o.trial_id for o in files.pop("front", [])],
-        data_in_memory=shared is not None,
-    )
-    tune_status = {"completed": "TERMINATED", "early-stopped": "TERMINATED", "failed": "ERROR"}
-    mended = tracking.reconcile_trial_runs(
-        where, parent,
-        [(o.trial_id, tune_status.get(o.status, "RUNNING"), o.history, o.error) for o in outcomes],
+    return end_search(
+        settings, where, parent, to_trial=to_trial, tags=tags, searcher=searcher,
+        wall_s=time.monotonic() - started, data_in_memory=shared is not None,
     )  # fmt: skip
-    if mended:
-        notes.append(f"MLflow runs of {len(mended)} trial(s) completed from Tune's results")
-    if exhausted:
-        notes.append(f"the search stopped early: {exhausted}")
-    infeasible = getattr(searcher, "infeasible_total", 0)
-    if infeasible:
-        notes.append(f"{infeasible} proposal(s) over the space's limits were never trained")
-    if not interrupted:
-        orphans = tracking.end_orphaned_trial_runs(
-            where, parent, {o.trial_id for o in outcomes}, ORPHAN_REASON
-        )
-        if orphans:
-            notes.append(f"{orphans} MLflow trial run(s) of trials Tune never saved ended KILLED")
-    tracking.log_search_details(where, parent, files=list(files.values()))
-    tracking.end_search_run(where, parent, status)
-    print(report.summary(settings, where, parent, outcomes, wall_s, notes))
-    return 130 if interrupted else 0

@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mrnet_ray.config import TrialConfig
 from mrnet_ray.nn import model_cost
+from mrnet_ray.search.journal import JournalCopy
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ def record_infeasible(
     tracking.record_infeasible(where, parent_run_id, to_trial(config).flat(), reason, cost, tags)
 
 
-class LimitedSearch(OptunaSearch):
-    """``OptunaSearch`` whose proposals over the limits are told infeasible, never trained."""
+class LimitedSearch(JournalCopy, OptunaSearch):
+    """``OptunaSearch`` whose proposals over the limits are told infeasible, never trained
+    (and which keeps the journal's copy, :class:`~mrnet_ray.search.journal.JournalCopy`)."""
 
     def __init__(
         self,

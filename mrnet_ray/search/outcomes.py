@@ -48,6 +48,8 @@ class TrialOutcome:
     path: str = ""
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     """Every epoch it reported: (Tune's timestamp in ms, the metrics), in order."""
+    name: str = ""
+    """Tune's name of the trial."""
 
     @property
     def accuracy(self) -> float | None:
@@ -94,8 +96,9 @@ def collect(
         else:
             status = "unfinished"
         outcome = TrialOutcome(
-            trial.trial_id, status, epochs, max_epochs, best, config, error, trial.path, history
-        )
+            trial.trial_id, status, epochs, max_epochs, best, config, error, trial.path, history,
+            str(trial),
+        )  # fmt: skip
         outcomes.append(outcome)
     return outcomes
 

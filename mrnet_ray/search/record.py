@@ -3,7 +3,9 @@
 It holds the :class:`~mrnet_ray.search.settings.SearchSettings` a search started with, where
 its results, study and MLflow runs are, its status (RUNNING, FINISHED, KILLED, FAILED), its
 trial counts and its best trial. ``tune --resume``, ``best``, ``ui`` and ``make demo`` read it
-through :func:`read_record`; every write goes through :func:`write_record`.
+through :func:`read_record`; every write goes through :func:`write_record` (or
+:func:`update_record`), which writes it through a unique temporary name and keeps a copy in
+the results root (:func:`fetch_record` reads it, for ``--resume`` on a new head).
 
 ``format`` 2 is the package layout in which Tune's pickled state names ``mrnet_ray.search.*``
 modules; a search recorded without it was started by an earlier layout and cannot be resumed.
@@ -12,13 +14,17 @@ modules; a search recorded without it was started by an earlier layout and canno
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import mrnet_ray
+from mrnet_ray import storage
 from mrnet_ray.errors import UserError
-from mrnet_ray.search.settings import SearchSettings, checkpoint_location
+from mrnet_ray.search.settings import SearchSettings, checkpoint_location, results_file
 from mrnet_ray.storage import write_atomic
+
+logger = logging.getLogger(__name__)
 
 RECORD = "search.json"
 FORMAT = 2
@@ -90,8 +96,51 @@ def status(run_dir: str | Path) -> str:
 
 def update_record(run_dir: str | Path, **extra: Any) -> Path:
     """Merge ``extra`` into the record in ``run_dir`` (replaced atomically)."""
-    record = read_record(run_dir) | extra
-    return write_atomic(record_path(run_dir), json.dumps(record, indent=2, default=str) + "\n")
+    return _save(run_dir, read_record(run_dir) | extra)
+
+
+def _save(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write the record to ``run_dir`` through a unique temporary name, then its copy to the
+    results root (:func:`~mrnet_ray.search.settings.results_file`). A copy that cannot be
+    written is a warning: the search goes on, but resuming it then needs this run directory."""
+    data = json.dumps(record, indent=2, default=str) + "\n"
+    path = write_atomic(record_path(run_dir), data)
+    if record.get("experiment_path"):
+        copy = results_file(record["experiment_path"], RECORD)
+        try:
+            storage.write_bytes(copy, data.encode())
+        except (OSError, UserError) as e:
+            logger.warning("could not copy %s to %s (%s)", path, copy.partition("?")[0], e)
+    return path
+
+
+def restore_record(run_dir: str | Path, storage_root: str, name: str) -> bool:
+    """Write ``run_dir``'s record from the results root's copy when the run directory lacks
+    it (a new head's); whether it did."""
+    if record_path(run_dir).is_file():
+        return False
+    record = fetch_record(storage_root, name)
+    if record is None:
+        return False
+    write_atomic(record_path(run_dir), json.dumps(record, indent=2, default=str) + "\n")
+    return True
+
+
+def fetch_record(storage_root: str, name: str) -> dict[str, Any] | None:
+    """The copy of search ``name``'s record kept in the results root ``storage_root``, or
+    None if there is none."""
+    copy = results_file(storage.join(storage_root, name), RECORD)
+    data = storage.read_bytes(copy)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{copy.partition('?')[0]}: not valid JSON ({e})") from None
+    missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise UserError(f"{copy.partition('?')[0]}: lacks {', '.join(missing)}")
+    return record
 
 
 def write_record(settings: SearchSettings, **extra: Any) -> Path:
@@ -108,5 +157,4 @@ def write_record(settings: SearchSettings, **extra: Any) -> Path:
         "format": FORMAT,
         "executor": settings.executor,
     }
-    record = old | settings.to_dict() | places | extra
-    return write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+    return _save(settings.run_dir, old | settings.to_dict() | places | extra)

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import ray
 import yaml
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mrnet_ray.config import ResourcesConfig
 from mrnet_ray.errors import UserError
+from mrnet_ray.storage import process_token, write_atomic
 
 DATA_CPU_RESERVE = 1.0
 """CPUs left free when trials stream their data: Ray Data's read tasks take one whole CPU
@@ -64,6 +66,63 @@ def init_ray() -> None:
         "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"),
     }
     ray.init(dashboard_port=port, runtime_env={"env_vars": env})
+
+
+PROBE_TIMEOUT_S = 60.0
+"""How long the storage probe waits for the nodes to answer."""
+
+
+@ray.remote(num_cpus=0)
+def _sees(path: str, token: str) -> bool:
+    """Whether this node reads ``token`` in the file at ``path``."""
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def check_shared_storage(storage: str) -> None:
+    """A results root on a filesystem must be one every node sees: trials checkpoint there from
+    whichever node runs them, and Tune and ``--resume`` read it all on the head. On a cluster
+    of more than one node, a probe file written here must read back on every node (this one
+    too: a driver in a container may see other files than its node); if one cannot see it (a
+    local disk, not a shared mount), UserError naming ``--storage``. Nodes that do not answer
+    within :data:`PROBE_TIMEOUT_S`, and nodes an autoscaler adds later, go unchecked."""
+    if "://" in storage:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    token = process_token()
+    probe = Path(storage) / f".mrnet_ray-probe-{token}"
+    write_atomic(probe, token)
+    try:
+        answers = [
+            _sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], False))
+            .remote(str(probe), token)
+            for n in nodes
+        ]  # fmt: skip
+        seen = ray.get(answers, timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        print(f"note: not every node said within {PROBE_TIMEOUT_S:g} s whether it sees {storage}")
+        return
+    except ray.exceptions.RayError as e:  # a node that cannot run a task fails the trials too
+        print(f"note: could not check that every node sees {storage} ({type(e).__name__})")
+        return
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = [
+        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
+        for n, ok in zip(nodes, seen, strict=True)
+        if not ok
+    ]
+    if blind:
+        raise UserError(
+            f"the results root {storage} is a directory that {len(blind)} of the cluster's "
+            f"{len(nodes)} nodes cannot see (node {', '.join(blind)}), so trials could not "
+            "save or resume there: give --storage s3://BUCKET/PREFIX (or set "
+            "MRNET_RAY_STORAGE), or a directory every node mounts at the same path"
+        )
 
 
 def trial_needs(resources: ResourcesConfig, trial_cpus: float, executor: str) -> dict[str, float]:

@@ -18,6 +18,8 @@ from mrnet_ray.errors import UserError
 from mrnet_ray.storage import join
 
 METRIC = ranking.PRIMARY
+STORAGE_ENV = "MRNET_RAY_STORAGE"
+"""The results root of searches started without ``--storage`` (else ``RUN_DIR/ray``)."""
 OBJECTIVES: dict[str, tuple[str, ...]] = {
     "acc": (METRIC,),
     "acc-params": (METRIC, "params"),
@@ -118,6 +120,11 @@ class SearchSettings:
             self.executor, self.experiment_path, self.train_storage, trial_id
         )
 
+    def in_results(self, name: str) -> str:
+        """``<experiment_path>/mrnet_ray/<name>``: what the search keeps in the results root
+        beside Tune's state (:func:`results_file`)."""
+        return results_file(self.experiment_path, name)
+
     @property
     def journal(self) -> Path:
         """The Optuna study's journal file (``optuna-dashboard`` and ``optuna.load_study``)."""
@@ -152,6 +159,27 @@ def checkpoint_location(
     if executor == "tune":
         return join(experiment_path, trial_dirname_of(trial_id))
     return join(train_storage, trial_id)
+
+
+def storage_root(storage: str) -> str:
+    """A results root as the record keeps it: a URI as given, a path absolute."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+RESULTS_DIR = "mrnet_ray"
+
+
+def results_file(experiment_path: str, name: str) -> str:
+    """Where a search keeps ``name`` in the results root, beside Tune's state: its lock and
+    copies of ``search.json`` and the Optuna journal, so that ``--resume`` works from a head
+    whose run directory is empty (``s3://`` or any storage the heads share).
+
+    >>> results_file("s3://b/runs/demo?endpoint_override=h:9000", "search.json")
+    's3://b/runs/demo/mrnet_ray/search.json?endpoint_override=h:9000'
+    """
+    return join(experiment_path, RESULTS_DIR, name)
 
 
 def trial_dirname_of(trial_id: str) -> str:

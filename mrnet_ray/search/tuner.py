@@ -15,6 +15,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from mrnet_ray.config import TrainConfig
+from mrnet_ray.search.journal import JOURNAL_COPY, CopiedOptunaSearch
 from mrnet_ray.search.limits import GIVE_UP_AFTER, CostCheck, LimitedSearch
 from mrnet_ray.search.settings import METRIC, SearchSettings, trial_dirname_of
 from mrnet_ray.search.space import SearchSpace
@@ -35,7 +36,10 @@ def journal_storage(path: Path) -> optuna.storages.JournalStorage:
 
 def drop_stale_study(settings: SearchSettings) -> None:
     """Delete the study of a new search's name if the journal already has one: it is left from
-    a start that failed before its first trial, and would hand its queued default point on."""
+    a start that failed before its first trial, and would hand its queued default point on.
+    Called under the search's lock (:mod:`~mrnet_ray.search.lock`), after the check that no
+    Tune experiment of the run directory or the name exists, so the study is no running
+    search's."""
     if not settings.journal.exists():
         return
     storage = journal_storage(settings.journal)
@@ -74,7 +78,8 @@ def make_searcher(
     """Optuna over the space's define-by-run function; the first trials are ``first`` (a warm
     start's), then the paper-like default; the study lives in the journal file beside the run.
     With a ``check`` of the space's limits, proposals over them are recorded (``record``) and
-    never trained (:mod:`~mrnet_ray.search.limits`)."""
+    never trained (:mod:`~mrnet_ray.search.limits`). Either keeps a copy of the journal in the
+    results root (:mod:`~mrnet_ray.search.journal`)."""
     with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = (
@@ -100,14 +105,18 @@ def make_searcher(
         # and reads the journal again after a restore.
         "storage": journal_storage(settings.journal),
     }
+    searcher: CopiedOptunaSearch | LimitedSearch
     if check is None or not space.limits:
-        return OptunaSearch(**options)
-    return LimitedSearch(
-        **options,
-        check=check,
-        record=record or (lambda *_: None),
-        give_up_after=GIVE_UP_AFTER * settings.num_samples,
-    )
+        searcher = CopiedOptunaSearch(**options)
+    else:
+        searcher = LimitedSearch(
+            **options,
+            check=check,
+            record=record or (lambda *_: None),
+            give_up_after=GIVE_UP_AFTER * settings.num_samples,
+        )
+    searcher.journal_copy = (str(settings.journal), settings.in_results(JOURNAL_COPY))
+    return searcher
 
 
 def make_scheduler(settings: SearchSettings, space: SearchSpace) -> TrialScheduler:

@@ -52,6 +52,7 @@ from mrnet_ray.tracking.registry import (
 )
 from mrnet_ray.tracking.runs import (
     TrialRun,
+    TuneRecord,
     end_orphaned_trial_runs,
     end_search_run,
     fail_run,
@@ -65,8 +66,10 @@ from mrnet_ray.tracking.runs import (
     reconcile_trial_runs,
     record_infeasible,
     start_search_run,
+    store_failure,
 )
 from mrnet_ray.tracking.store import (
+    CREDENTIALS,
     ERROR_CHARS,
     TAG_CODE_VERSION,
     TAG_CONFIRMS,
@@ -90,6 +93,7 @@ from mrnet_ray.tracking.store import (
 
 __all__ = [
     "BUNDLE_ARTIFACTS",
+    "CREDENTIALS",
     "ERROR_CHARS",
     "TAG_CODE_VERSION",
     "TAG_CONFIRMS",
@@ -106,6 +110,7 @@ __all__ = [
     "ModelVersion",
     "Tracking",
     "TrialRun",
+    "TuneRecord",
     "alias_version",
     "check_reachable",
     "code_version",
@@ -133,4 +138,5 @@ __all__ = [
     "set_alias",
     "setup_tracking",
     "start_search_run",
+    "store_failure",
 ]

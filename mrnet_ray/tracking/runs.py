@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mrnet_ray.config import TrialConfig
@@ -25,7 +26,20 @@ from mrnet_ray.tracking.store import (
     TAG_SEARCH_KEY,
     TAG_TRIAL_ID,
     Tracking,
+    is_auth_error,
 )
+
+
+def store_failure(e: BaseException) -> str | None:
+    """What went wrong when an MLflow store failed a request, in a few words ("refused the
+    credentials (UNAUTHENTICATED, HTTP 401)", "failed: ..."); None when ``e`` is no failure of
+    the store's (a bug, to keep its traceback)."""
+    if not isinstance(e, MlflowException):
+        return None
+    if is_auth_error(e):
+        return f"refused the credentials ({e.error_code}, HTTP {e.get_http_status_code()})"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"failed: {first[:200]}"
 
 
 def start_search_run(
@@ -97,44 +111,92 @@ def end_orphaned_trial_runs(
     return len(orphans)
 
 
+@dataclass(frozen=True)
+class TuneRecord:
+    """One trial as Tune's own results hold it (:func:`reconcile_trial_runs`)."""
+
+    trial_id: str
+    name: str
+    """Tune's name of the trial (its MLflow run's name)."""
+    status: str
+    """TERMINATED, ERROR, or anything else (pending or running)."""
+    history: Sequence[tuple[int, Mapping[str, float]]]
+    """``(timestamp ms, metrics)`` of every report, in order; an epoch trained again (a trial
+    resumed from an older checkpoint) appears again."""
+    error: str = ""
+    config: TrialConfig | None = None
+    """Its whole config, for a run the callback never made."""
+
+
 def reconcile_trial_runs(
     tracking: Tracking,
     parent_run_id: str,
-    trials: Sequence[tuple[str, str, Sequence[tuple[int, Mapping[str, float]]], str]],
+    trials: Sequence[TuneRecord],
+    tags: Mapping[str, str] = {},
 ) -> list[str]:
     """Bring every trial's MLflow run in line with Tune's own record of the trial, for what the
-    Tune callback could not write (a driver killed with writes queued, a store that was down):
-    epochs Tune recorded that the run lacks are written, each once (by step), and the run of a
-    trial Tune finished or failed ends FINISHED or FAILED.
+    Tune callback could not write (a driver killed with writes queued, a store that was down
+    or refused the credentials): a trial that reported but has no run gets one (``tags``,
+    params and ``trial_config.yaml``, as the callback makes it), and a run without params gets
+    them; epochs Tune recorded that the run lacks are written, each once (by step, the first
+    report of an epoch, as the callback keeps it); and the run of a trial Tune finished or
+    failed ends FINISHED or FAILED.
 
-    ``trials`` holds ``(trial id, Tune status, [(timestamp ms, metrics of an epoch)], error)``
-    with status TERMINATED, ERROR or anything else (left running). Returns the ids of the
-    trials whose runs it changed; trials without a run are left to the callback.
-    """
+    Returns the ids of the trials whose runs it changed. Safe to repeat: what it wrote once is
+    found the next time."""
     client = MlflowClient(tracking.uri)
     query = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
     found = client.search_runs([tracking.experiment_id], query, max_results=10_000)
     runs = {r.data.tags.get(TAG_TRIAL_ID): r for r in found}
     changed = []
-    for trial_id, status, history, error in trials:
-        run = runs.get(trial_id)
+    for trial in trials:
+        first: dict[int, tuple[int, Mapping[str, float]]] = {}
+        for ts, metrics in trial.history:
+            first.setdefault(int(metrics.get("epoch", 0)), (ts, metrics))
+        end = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial.status)
+        run = runs.get(trial.trial_id)
+        if run is None and not (first or end):
+            continue  # not started yet: the callback makes its run when it starts
+        # a run made whose params never reached the store: they are written now
+        unset = trial.config if run is not None and not run.data.params else None
         if run is None:
-            continue
-        logged = logged_steps(client, run.info.run_id, history[0][1]) if history else set()
-        missing = [(ts, m) for ts, m in history if int(m.get("epoch", 0)) not in logged]
+            run_id = _create_trial_run(client, tracking, parent_run_id, trial, tags)
+            status, logged = "RUNNING", set()
+        else:
+            run_id, status = run.info.run_id, run.info.status
+            logged = logged_steps(client, run_id, trial.history[0][1]) if first else set()
+        if unset is not None:
+            log_params(client, run_id, unset.flat())
+            log_trial_config(client, run_id, unset)
+        missing = [first[epoch] for epoch in sorted(first) if epoch not in logged]
         for ts, metrics in missing:
             values = {k: v for k, v in metrics.items() if k != "epoch"}
-            log_metrics(client, run.info.run_id, values, int(metrics["epoch"]), ts or None)
-        end = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status)
-        if end and run.info.status != end:
+            log_metrics(client, run_id, values, int(metrics["epoch"]), ts or None)
+        if end and status != end:
             if end == "FAILED":
-                client.set_tag(run.info.run_id, TAG_ERROR, (error or "failed")[:ERROR_CHARS])
+                client.set_tag(run_id, TAG_ERROR, (trial.error or "failed")[:ERROR_CHARS])
             else:
-                log_learning_curve(client, run.info.run_id)
-            client.set_terminated(run.info.run_id, end)
-        if missing or (end and run.info.status != end):
-            changed.append(trial_id)
+                log_learning_curve(client, run_id)
+            client.set_terminated(run_id, end)
+        if run is None or unset is not None or missing or (end and status != end):
+            changed.append(trial.trial_id)
     return changed
+
+
+def _create_trial_run(
+    client: MlflowClient,
+    tracking: Tracking,
+    parent_run_id: str,
+    trial: TuneRecord,
+    tags: Mapping[str, str],
+) -> str:
+    """The run the Tune callback would have made for ``trial`` (name, tags, params, config)."""
+    run_tags = {**tags, TAG_PARENT: parent_run_id, TAG_TRIAL_ID: trial.trial_id}
+    run = client.create_run(tracking.experiment_id, run_name=trial.name, tags=run_tags)
+    if trial.config is not None:
+        log_params(client, run.info.run_id, trial.config.flat())
+        log_trial_config(client, run.info.run_id, trial.config)
+    return run.info.run_id
 
 
 def logged_steps(client: MlflowClient, run_id: str, metrics: Mapping[str, Any]) -> set[int]:
