@@ -1,30 +1,38 @@
-"""Benchmark prepare: decode + log-mel speed, Ray Data scaling and memory.
+"""Benchmark prepare: the whole Ray Data job against a serial loop at 1,000, 4,000 and 8,000 files.
 
-Writes its own 30 s, 22,050 Hz mono WAV files (harmonic tones plus noise, four classes;
-40 distinct clips hard-linked into corpora of 160 and 960 files, GTZAN's size) and measures,
-with the default FeatureConfig (128 mel bands, hop 512, 3 s segments):
+FMA-small has 7,840 clips of 30 s in 8 genres; this corpus has 30 s clips in 5 classes
+(harmonic tones with vibrato, a swell and noise, as in the test fixtures) at 1,000, 4,000 and
+8,000 files, with the default FeatureConfig (22,050 Hz, 128 mel bands, hop 512, 3 s
+segments). The files are 16-bit mono WAV at 22,050 Hz, the format and rate of GTZAN, so
+every file decodes with soundfile and no time goes to a resampler that real data at this rate
+would not need either; 8,000 distinct such files would take 10.6 GB, so :data:`UNIQUE`
+distinct clips are written once (cached under ``~/.cache/mrnet_ray/bench-prepare``, 130 MB)
+and the corpora are hard links to them under many names. Each file is still opened, read and
+decoded on its own, by the loop and by prepare alike; both read from the page cache.
 
-1. ``realtime_per_core``: seconds of audio turned into segments per second by a plain
-   single-process loop over ``features.audio_to_segments`` (one torch thread; also per CPU
-   second, which other load on the machine does not distort).
-2. ``ray_speedup_features``: that loop's wall time over Ray Data's (``--cpus`` CPUs) doing the
-   same decode + features on the same files (the map stage alone);
-   ``ray_speedup_prepare``: over the whole ``prepare`` (listing, decode, features, Parquet
-   writes, manifest) with warm workers, and ``..._cold`` for the first run, where every Ray
-   worker still imports torch.
-3. ``peak_rss_mb``: the peak resident memory of the driver plus every process it started
-   (raylet, object store, workers) during prepare, at both corpus sizes; streaming execution
-   should keep it flat as the dataset grows. RSS counts shared pages once per process, so
-   the absolute figure is an over-estimate; the comparison is what matters.
+For each size, one after the other so that both see the same load:
 
-Walls are the best of ``--repeat`` runs; the machine's load average is reported alongside,
-since other work on the machine slows the parallel runs most. CPU seconds are not inflated
-by such load: ``prepare_cpu_efficiency`` (the loop's CPU seconds over those of every process of
-the warm prepare) times the CPU count bounds the speed-up on otherwise idle cores
-(``speedup_bound_idle_cores``).
+1. ``loop``: a plain single-process loop over ``features.audio_to_segments`` on one torch
+   thread, the serial frontend (no Parquet writes), wall and CPU seconds; each track cut as
+   prepare cuts its split (valid and test overlap their segments).
+2. ``prepare``: a fresh local Ray (``--cpus`` CPUs) and a forced ``prepare`` of the folder
+   (listing, decode, features, Parquet writes, manifest). ``ratio`` is the loop's wall time
+   over Ray start + prepare (what a user of ``mrnet-ray prepare`` waits for, less Python's
+   imports), ``ratio_running_ray`` over the prepare call alone.
+3. ``cpu_efficiency``: the loop's CPU seconds over those of every process during the prepare
+   call (driver, Ray's daemons, actors; Ray start excluded), the share of the CPU that went
+   to the frontend; times the CPUs it bounds the ratio on otherwise idle cores.
+   ``cpu_by_kind`` says where the CPU went: the map actors (frontend, Parquet writes and
+   their own start, torch's import included), the driver (listing, Ray Data's executor,
+   manifest), Ray's daemons, other workers.
+4. ``peak_rss_mb``: the peak summed resident memory of the driver and every process it
+   started, during Ray start and prepare; streaming execution should keep it flat as the
+   dataset grows. RSS counts shared pages once per process, so the absolute figure is an
+   over-estimate; the comparison across sizes is what matters.
 
-Targets: >= 200x real time per core, speed-up >= 1.6 on 2 cores, flat memory.
-Run: ``python benchmarks/bench_prepare.py [--quick] [--json OUT]``.
+Other work on the machine slows the parallel runs most; the load average is reported per
+size. Targets: ratio >= 1.6 at 8,000 files on 2 CPUs, CPU efficiency >= 0.85, memory flat.
+Run: ``python benchmarks/bench_prepare.py [--quick] [--sizes N ...] [--json OUT]``.
 """
 
 from __future__ import annotations
@@ -46,102 +54,137 @@ import torch
 
 from mrnet_ray import features
 from mrnet_ray.config import FeatureConfig
-from mrnet_ray.datasets import SplitOptions
+from mrnet_ray.datasets import SplitOptions, adapter
 
-SECONDS = 30.0
-RATE = 22050
-CLASSES = {"c110": 110.0, "c220": 220.0, "c440": 440.0, "c880": 880.0}
+SECONDS, RATE = 30.0, 22050
+CLASSES = {"c110": 110.0, "c165": 165.0, "c247": 247.0, "c370": 370.0, "c554": 554.0}
+UNIQUE = 100
+CACHE = Path("~/.cache/mrnet_ray/bench-prepare").expanduser()
+SIZES, QUICK_SIZES = (1000, 4000, 8000), (100, 400, 800)
+OPTS = SplitOptions(seed=0)
+KINDS = {"ray::MapWorker": "actors", "ray::IDLE": "idle workers", "ray::": "other workers"}
+"""Process titles (by prefix) -> the kind ``cpu_by_kind`` counts them as; the driver is the
+bench itself, anything else is one of Ray's daemons (raylet, GCS, log monitor, ...)."""
 
 
-def write_clips(directory: Path, n: int, seed: int = 0) -> list[Path]:
-    """``n`` distinct 30 s clips (16-bit WAV, like GTZAN), cycling through the classes."""
+def synth(hz: float, seed: int) -> np.ndarray:
+    """30 s of a harmonic tone at ``hz`` with vibrato, a slow swell and a little noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(SECONDS * RATE)) / RATE
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        hz = list(CLASSES.values())[i % len(CLASSES)]
-        tone = sum(np.sin(2 * np.pi * k * hz * t + rng.uniform(0, 6)) / k for k in (1, 2, 3))
-        wave = 0.2 * tone + 0.02 * rng.standard_normal(t.size)
-        paths.append(directory / f"clip{i:04d}.wav")
-        sf.write(paths[-1], wave.astype(np.float32), RATE, subtype="PCM_16")
+    f = hz * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(3, 6) * t))  # vibrato
+    phase = 2 * np.pi * np.cumsum(f) / RATE
+    tone = sum(np.sin(k * phase + rng.uniform(0, 6.3)) / k for k in (1, 2, 3))
+    swell = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.2, 0.5) * t)
+    return (0.25 * tone * swell + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def clips() -> list[Path]:
+    """The :data:`UNIQUE` distinct clips, written on first use (``clip<i>`` is class i % 5)."""
+    folder = CACHE / f"clips-{UNIQUE}"
+    paths = [folder / f"clip{i:03d}.wav" for i in range(UNIQUE)]
+    if not all(p.is_file() for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(paths):
+            hz = list(CLASSES.values())[i % len(CLASSES)]
+            partial = path.with_suffix(".tmp.wav")
+            sf.write(partial, synth(hz, seed=i), RATE, subtype="PCM_16")
+            partial.replace(path)
     return paths
 
 
-def link_corpus(root: Path, clips: list[Path], n_files: int) -> list[Path]:
-    """``root/<class>/<class>_NNNN.wav``: ``n_files`` hard links cycling over ``clips`` (big
-    corpora at no disk cost; every file is still read and decoded on its own)."""
-    paths = []
+def corpus(n_files: int) -> Path:
+    """``<class>/<class>_NNNNN.wav``: ``n_files`` hard links cycling over :func:`clips`."""
+    root = CACHE / f"corpus-{n_files}"
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    sources = clips()
     for i in range(n_files):
         label = list(CLASSES)[i % len(CLASSES)]
-        path = root / label / f"{label}_{i:04d}.wav"
+        path = root / label / f"{label}_{i:05d}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.link(clips[i % len(clips)], path)
-        paths.append(path)
-    return paths
+        os.link(sources[i % len(sources)], path)
+    done.touch()
+    return root
 
 
-def single_process(paths: list[Path], cfg: FeatureConfig) -> tuple[float, float]:
-    """(wall, CPU) seconds of the plain loop on one thread; the first file warms the caches."""
+def serial_loop(root: Path, cfg: FeatureConfig) -> tuple[float, float]:
+    """(wall, CPU) seconds of the plain loop on one thread; one file warms the caches first.
+
+    Each track is cut as prepare cuts it (:meth:`FeatureConfig.for_split` of the split the
+    same listing gives it), so both compute the same segments.
+    """
     torch.set_num_threads(1)
-    features.audio_to_segments(paths[0], cfg)
+    tracks = [(t.path, cfg.for_split(t.split)) for t in adapter("folder")(root, OPTS).tracks]
+    features.audio_to_segments(*tracks[0])
     wall, cpu = time.perf_counter(), time.process_time()
-    for path in paths:
-        features.audio_to_segments(path, cfg)
+    for path, cut in tracks:
+        features.audio_to_segments(path, cut)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def ray_features_only(paths: list[Path], cfg: FeatureConfig) -> float:
-    """Wall seconds for Ray Data to decode and segment ``paths`` (the map stage alone, its
-    output consumed and dropped): the parallel twin of :func:`single_process`."""
-    import ray
-
-    from mrnet_ray.shards.job import CPUS_PER_TASK
-    from mrnet_ray.shards.ledger import Ledger
-    from mrnet_ray.shards.segment import segment_tracks
-
-    rows = [
-        {"path": str(p), "track_id": p.stem, "track_index": i, "label": 0, "label_name": "x",
-         "split": "train"}
-        for i, p in enumerate(paths)
-    ]  # fmt: skip
-    kwargs = {
-        "feature": cfg.to_dict(),
-        "kind": "audio",
-        "known_faults": {},
-        "ledger": Ledger.remote(),
-    }
-    start = time.perf_counter()
-    ds = ray.data.from_items(rows, override_num_blocks=max(8, len(rows) // 4))
-    ds = ds.map_batches(
-        segment_tracks, batch_format="numpy", num_cpus=CPUS_PER_TASK, fn_kwargs=kwargs
-    )
-    for _ in ds.iter_batches(batch_size=None):
-        pass
-    return time.perf_counter() - start
+def kind_of(process: psutil.Process) -> str:
+    if process.pid == os.getpid():
+        return "driver"
+    title = " ".join(process.cmdline()) or process.name()
+    return next((k for prefix, k in KINDS.items() if title.startswith(prefix)), "ray daemons")
 
 
-class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants in a thread."""
+class TreeMeter:
+    """Polls this process and all its descendants: peak summed RSS, and CPU seconds used
+    since :meth:`mark`, in all and by :func:`kind_of` (processes that exit meanwhile keep what
+    was last seen of them; the polling thread's own CPU is left out)."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.2) -> None:
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._cpu: dict[int, float] = {}
+        self._kind: dict[int, str] = {}
+        self._base: dict[int, float] = {}
+        self._own = 0.0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _total(self) -> int:
-        me = psutil.Process()
-        total = 0
+    def _poll(self) -> None:
+        me, rss = psutil.Process(), 0
+        seen: dict[int, float] = {}
+        kinds: dict[int, str] = {}
         for p in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):  # a worker that exited meanwhile
-                total += p.memory_info().rss
-        return total
+            with contextlib.suppress(psutil.Error):  # a process that exited meanwhile
+                t = p.cpu_times()
+                seen[p.pid] = t.user + t.system  # not children_*: exited ones are counted
+                rss += p.memory_info().rss
+                kinds[p.pid] = kind_of(p)  # its latest title: an idle worker may become an actor
+        with self._lock:
+            self._cpu.update(seen)
+            self._kind.update(kinds)
+            self.peak = max(self.peak, rss)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
+            start = time.thread_time()
+            self._poll()
+            self._own += time.thread_time() - start
             time.sleep(self.interval)
 
-    def __enter__(self) -> PeakRSS:
+    def mark(self) -> None:
+        """Count CPU from now on."""
+        self._poll()
+        with self._lock:
+            self._base, self._own = dict(self._cpu), 0.0
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of the tree since :meth:`mark`, by kind of process and ``"all"``."""
+        self._poll()
+        used: dict[str, float] = {}
+        with self._lock:
+            for pid, c in self._cpu.items():
+                kind = self._kind.get(pid, "ray daemons")
+                used[kind] = used.get(kind, 0.0) + c - self._base.get(pid, 0.0)
+            used["driver"] = used.get("driver", 0.0) - self._own
+        return {**used, "all": sum(used.values())}
+
+    def __enter__(self) -> TreeMeter:
         self._thread.start()
         return self
 
@@ -150,87 +193,65 @@ class PeakRSS:
         self._thread.join()
 
 
-def tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process and its descendants (reaped ones included)."""
-    me, total = psutil.Process(), 0.0
-    for p in [me, *me.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
+def ray_prepare(root: Path, out: Path, cfg: FeatureConfig, cpus: int) -> dict:
+    """A fresh local Ray and one forced prepare of ``root``: walls, CPU, peak memory."""
+    import ray
 
-
-def timed_prepare(root: Path, out: Path, cfg: FeatureConfig) -> tuple[float, int, float]:
-    """(wall seconds, peak RSS bytes, CPU seconds of all processes) of one forced prepare."""
     from mrnet_ray.shards.job import prepare
 
-    with PeakRSS() as rss:
-        start, cpu = time.perf_counter(), tree_cpu_seconds()
-        prepare("folder", root, out, SplitOptions(seed=0), cfg, force=True)
-        wall, cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu
-    return wall, rss.peak, cpu
+    with TreeMeter() as meter:
+        start = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False)
+        meter.mark()
+        ready = time.perf_counter()
+        prepare("folder", root, out, OPTS, cfg, force=True)
+        end = time.perf_counter()
+        cpu = meter.cpu()
+        ray.shutdown()
+    return {"ray_start_s": ready - start, "prepare_s": end - ready, "wall_s": end - start,
+            "cpu_s": cpu, "peak_rss": meter.peak}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="32 and 160 files (not 160 and 960), one run each"
-    )
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZES} files, not {SIZES}")
+    parser.add_argument("--sizes", type=int, nargs="+", help="corpus sizes (files)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per figure (best is kept)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    unique, sizes = (8, (32, 160)) if args.quick else (40, (160, 960))
-    if args.quick:
-        args.repeat = 1
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     cfg = FeatureConfig()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts its workers at nice 15 so its own daemons stay responsive; on a machine shared
     # with other jobs that starves them. Nice 0 lets them compete like the plain loop does.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    results: dict = {"feature": cfg.to_dict(), "clip_seconds": SECONDS, "cpus": args.cpus,
+                     "distinct_clips": UNIQUE, "sizes": {}}  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
-        results: dict = {"feature": cfg.to_dict(), "clip_seconds": SECONDS, "cpus": args.cpus}
-        clips = write_clips(work / "clips", unique)
-        corpora = {n: work / f"corpus{n}" for n in sizes}
-        big = {n: link_corpus(root, clips, n) for n, root in corpora.items()}[max(sizes)]
-
-        audio_seconds = SECONDS * len(big)
-        loops = [single_process(big, cfg) for _ in range(args.repeat)]
-        loop_wall, loop_cpu = min(w for w, _ in loops), min(c for _, c in loops)
-        results["files"] = len(big)
-        results["realtime_per_core"] = round(audio_seconds / loop_wall, 1)
-        results["realtime_per_cpu_second"] = round(audio_seconds / loop_cpu, 1)
-        print(f"single process: {audio_seconds:.0f} s of audio in {loop_wall:.2f} s "
-              f"= {results['realtime_per_core']}x real time on one core")  # fmt: skip
-
-        import ray
-
-        ray.init(num_cpus=args.cpus, include_dashboard=False)
-        out = work / "out"
-        cold_wall, *_ = timed_prepare(corpora[max(sizes)], out, cfg)
-        warm = [timed_prepare(corpora[max(sizes)], out, cfg) for _ in range(args.repeat)]
-        small = [timed_prepare(corpora[min(sizes)], out, cfg) for _ in range(args.repeat)]
-        map_wall = min(ray_features_only(big, cfg) for _ in range(args.repeat))
-        ray.shutdown()
-        warm_wall, ray_cpu = min(w for w, *_ in warm), min(c for *_, c in warm)
-        results["loop_wall_s"] = round(loop_wall, 2)
-        results["ray_features_wall_s"] = round(map_wall, 2)
-        results["ray_prepare_wall_s"] = {"cold": round(cold_wall, 2), "warm": round(warm_wall, 2)}
-        results["ray_speedup_features"] = round(loop_wall / map_wall, 2)
-        results["ray_speedup_prepare"] = round(loop_wall / warm_wall, 2)
-        results["ray_speedup_prepare_cold"] = round(loop_wall / cold_wall, 2)
-        # CPU seconds are not inflated by other load: the loop's over prepare's (all Ray
-        # processes, Parquet writes included) is the share of useful work; times the CPUs it
-        # bounds the speed-up on otherwise idle cores.
-        results["prepare_cpu_s"] = round(ray_cpu, 2)
-        results["prepare_cpu_efficiency"] = round(loop_cpu / ray_cpu, 2)
-        results["speedup_bound_idle_cores"] = round(args.cpus * loop_cpu / ray_cpu, 2)
-        results["peak_rss_mb"] = {
-            str(min(sizes)): round(max(p for _, p, _ in small) / 2**20),
-            str(max(sizes)): round(max(p for _, p, _ in warm) / 2**20),
-        }
-        results["load_average_1min"] = round(os.getloadavg()[0], 1)
+        for n in sizes:
+            root = corpus(n)
+            loop_wall, loop_cpu = serial_loop(root, cfg)
+            run = ray_prepare(root, work / f"out{n}", cfg, args.cpus)
+            shutil.rmtree(work / f"out{n}", ignore_errors=True)
+            audio = SECONDS * n
+            by_kind = {k: v for k, v in run["cpu_s"].items() if k != "all"}
+            results["sizes"][str(n)] = figures = {
+                "loop_wall_s": round(loop_wall, 2),
+                "loop_cpu_s": round(loop_cpu, 2),
+                "loop_realtime": round(audio / loop_wall),
+                "ray_start_s": round(run["ray_start_s"], 2),
+                "prepare_s": round(run["prepare_s"], 2),
+                "prepare_realtime": round(audio / run["wall_s"]),
+                "ratio": round(loop_wall / run["wall_s"], 2),
+                "ratio_running_ray": round(loop_wall / run["prepare_s"], 2),
+                "prepare_cpu_s": round(run["cpu_s"]["all"], 2),
+                "cpu_by_kind": {k: round(v, 2) for k, v in sorted(by_kind.items())},
+                "cpu_efficiency": round(loop_cpu / run["cpu_s"]["all"], 2),
+                "peak_rss_mb": round(run["peak_rss"] / 2**20),
+                "load_average_1min": round(os.getloadavg()[0], 1),
+            }
+            print(f"{n} files: {json.dumps(figures)}", flush=True)
         print(json.dumps(results, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))

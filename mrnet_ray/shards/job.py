@@ -1,13 +1,14 @@
 """The prepare job: a dataset -> log-mel Parquet shards, with Ray Data.
 
 The adapter lists tracks and splits; Ray Data decodes and segments them in parallel across
-the cluster (``map_batches``, one task per CPU, each writing its own Parquet file) into
-``DIR/<split>/*.parquet``; ``manifest.json`` is written last. On a local disk all of
-it goes to a staging sibling that is renamed to ``DIR`` at the end, so ``DIR`` only ever
-appears complete; on object stores (``s3://...``) the shards go to a new prefix of ``DIR``
-and the manifest, written last, switches to it, so a killed re-prepare leaves the previous
-data readable (:mod:`~mrnet_ray.shards.target`). A re-run whose inputs (listing with sizes
-and mtimes, feature settings, format) hash the same does nothing unless ``force``.
+the cluster (``map_batches`` on a pool of :class:`~mrnet_ray.shards.segment.SegmentTracks`
+actors, one per CPU, each building the frontend once and writing every batch's Parquet
+shards itself) into ``DIR/<split>/*.parquet``; ``manifest.json`` is written last. On a local
+disk all of it goes to a staging sibling that is renamed to ``DIR`` at the end, so ``DIR``
+only ever appears complete; on object stores (``s3://...``) the shards go to a new prefix of
+``DIR`` and the manifest, written last, switches to it, so a killed re-prepare leaves the
+previous data readable (:mod:`~mrnet_ray.shards.target`). A re-run whose inputs (listing
+with sizes and mtimes, feature settings, format) hash the same does nothing unless ``force``.
 
 On a multi-node cluster every node reads the sources and writes shards, so ``--root`` must be
 a path all nodes see (a shared mount) and ``--out`` a shared path or an ``s3://`` URI.
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter, defaultdict
+import uuid
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -28,20 +30,17 @@ from mrnet_ray.datasets import SPLITS, Listing, SplitOptions, adapter
 from mrnet_ray.errors import UserError
 from mrnet_ray.shards import manifest
 from mrnet_ray.shards.ledger import Ledger
-from mrnet_ray.shards.segment import segment_tracks
+from mrnet_ray.shards.segment import SegmentTracks
 from mrnet_ray.shards.target import Target
 from mrnet_ray.text import printable
 
-CPUS_PER_TASK = 1.0
-"""One CPU per decode task, as Ray Data's write tasks ask: equal requests let Ray fuse decode
-and write into one task, and one worker per CPU stays alive between runs. Measured on 2 cores:
-0.5 doubled to quadrupled the wall time (unfused writes through the object store, and the
-extra workers, killed when idle, re-importing torch on every run)."""
-SCALAR_COLUMNS = ("track_id", "track_index", "segment", "label", "label_name", "split")
-TRACKS_PER_BLOCK = 32
-"""Tracks per map task, and so per Parquet file (about 20 MB of 30 s clips at the defaults):
-each task writes its own segments, so they never travel through the object store. Fewer,
-larger tasks spend less on Ray's per-task overhead (16 used about 10 % more CPU)."""
+CPUS_PER_ACTOR = 1.0
+"""One CPU per map actor, up to one actor per CPU of the cluster: each runs one torch thread."""
+TRACKS_PER_BATCH = 64
+"""Tracks per map call, and so per shard file (about 42 MB of 30 s clips at the defaults):
+what a call costs besides its tracks (Ray Data's dispatch, one Ledger round trip, opening
+the file) is paid once per 64 of them, and batches small next to the whole job keep the last
+ones from leaving CPUs idle at the end."""
 
 
 def _resolve_feature(dataset: str, listing: Listing, feature: FeatureConfig) -> FeatureConfig:
@@ -58,28 +57,32 @@ def _resolve_feature(dataset: str, listing: Listing, feature: FeatureConfig) -> 
     )
 
 
-def _write_split(rows: list[dict], staging: str, fs: pafs.FileSystem, fn_kwargs: dict) -> None:
-    """One split's tracks -> ``staging/<split>/*.parquet`` through Ray Data."""
-    slots = ray.cluster_resources().get("CPU", 1) / CPUS_PER_TASK
-    # Small splits get more, smaller blocks (two per task slot) so every core has work.
-    n_blocks = min(len(rows), max(math.ceil(len(rows) / TRACKS_PER_BLOCK), int(2 * slots)))
+def _segment_all(rows: list[dict], staging: str, fs: pafs.FileSystem, args: dict) -> None:
+    """Every split's tracks -> ``staging/<split>/*.parquet``, in one Ray Data job.
+
+    One job rather than one per split: each job starts its actors (every one importing torch)
+    and ends waiting for its last batch, which the splits paid three times over.
+    """
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) / CPUS_PER_ACTOR))
+    # An actor per batch at most: each costs seconds of torch import, more than a batch of
+    # clips, and one still starting when the last batch ends is cancelled mid-construction
+    # (which Ray reports as an error on the driver's stderr).
+    actors = min(slots, math.ceil(len(rows) / TRACKS_PER_BATCH))
+    # Small datasets get more, smaller batches (two per CPU) so every actor has work.
+    n_blocks = min(len(rows), max(math.ceil(len(rows) / TRACKS_PER_BATCH), 2 * slots))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
     ds = ds.map_batches(
-        segment_tracks,
-        batch_size=None,
+        SegmentTracks,
+        batch_size=None,  # one block, one call
         batch_format="numpy",
-        num_cpus=CPUS_PER_TASK,
-        fn_kwargs=fn_kwargs,
+        # Start them all at once, but run on as few as are free (a busy cluster).
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1, max_size=actors, initial_size=actors, max_tasks_in_flight_per_actor=2
+        ),
+        num_cpus=CPUS_PER_ACTOR,
+        fn_constructor_kwargs={**args, "staging": staging, "fs": fs, "run": uuid.uuid4().hex[:8]},
     )
-    # Dictionary encoding and min/max statistics of the float mel column cost three to four
-    # times the rest of the write and save nothing; keep them for the small columns only.
-    ds.write_parquet(
-        f"{staging}/{rows[0]['split']}",
-        filesystem=fs,
-        ray_remote_args={"num_cpus": CPUS_PER_TASK},
-        use_dictionary=list(SCALAR_COLUMNS),
-        write_statistics=list(SCALAR_COLUMNS),
-    )
+    ds.materialize()  # the map returns no rows; its shards are the output
 
 
 def _nothing_prepared(root: Path, listing: Listing, failed: dict[int, str]) -> UserError:
@@ -134,7 +137,7 @@ def prepare(
         where = printable(str(root))
         print(f"note: {nodes} nodes read {where} and write {target.uri}: both must be shared")
     labels = listing.labels
-    rows_by_split: dict[str, list[dict]] = defaultdict(list)
+    rows_by_split: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for index, t in enumerate(listing.tracks):
         rows_by_split[t.split].append(
             {
@@ -146,8 +149,10 @@ def prepare(
                 "split": t.split,
             }
         )
+    # Split by split, so that a batch's tracks go to one shard (two where splits meet).
+    rows = [row for split in SPLITS for row in rows_by_split[split]]
     ledger = Ledger.remote()
-    fn_kwargs = {
+    args = {
         "feature": feature.to_dict(),
         "kind": listing.kind,
         "known_faults": listing.known_faults,
@@ -157,10 +162,7 @@ def prepare(
         with target.staging() as staging:
             for split in SPLITS:
                 target.fs.create_dir(f"{staging}/{split}")
-            # One Ray Data job per split, one after another: run side by side they were
-            # half as slow again (three executors oversubscribing the same CPUs).
-            for rows in rows_by_split.values():
-                _write_split(rows, staging, target.fs, fn_kwargs)
+            _segment_all(rows, staging, target.fs, args)
             segments, failed = ray.get(ledger.result.remote())
             if not any(segments.values()):
                 raise _nothing_prepared(root, listing, failed)
