@@ -12,9 +12,9 @@ better than one run with two threads.
 Reported per model: track-level test accuracy (mean and spread over seeds), track-level
 validation accuracy after each epoch (learning curves), parameters, forward FLOPs of one
 segment, and CPU inference time per 30 s track (the segments of one 30 s track in one
-batch, one thread, median of 5). The anchor is non-neural: per-track mean and standard
-deviation of each log-mel band over all its segments, standardised, then logistic regression,
-fitted on the train split and scored on the test split.
+batch, one thread, median of 5). The anchor is non-neural: the prepared directory's built-in
+linear baseline (``shards.baseline``: per-track mean and standard deviation of each log-mel
+band, standardised, logistic regression with ``C`` chosen on valid, scored on test).
 
     python benchmarks/bench_quality.py --data data/demo [--epochs 12] [--seeds 3] [--json OUT]
     python benchmarks/bench_quality.py --data data/demo --archs mrnet ecapa --channels 64
@@ -39,6 +39,7 @@ from mrnet_ray.config import FeatureConfig, TrialConfig
 from mrnet_ray.nn import build_model, model_cost
 from mrnet_ray.search.space import load_space
 from mrnet_ray.shards import SplitArrays, open_prepared
+from mrnet_ray.shards.baseline import ensure_baseline
 from mrnet_ray.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
 from mrnet_ray.training.raytrain import fit_to_data
 
@@ -124,33 +125,15 @@ def inference_ms(trial: TrialConfig, feature: FeatureConfig, repeats: int = 5) -
     return statistics.median(times[1:]) * 1e3
 
 
-def track_features(arrays: SplitArrays) -> tuple[np.ndarray, np.ndarray]:
-    """Per track: mean and std of each band over all its segments' frames ``(tracks, 2 n_mels)``."""
-    rows, labels = [], []
-    for track in np.unique(arrays.track_index):
-        mask = arrays.track_index == track
-        frames = np.concatenate(list(arrays.mel[mask]), axis=1)  # (n_mels, total frames)
-        rows.append(np.concatenate([frames.mean(axis=1), frames.std(axis=1)]))
-        labels.append(arrays.label[mask][0])
-    return np.stack(rows), np.array(labels)
-
-
 def anchor(prepared_dir: str) -> dict:
-    """Log-mel statistics + logistic regression: test accuracy per track."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """The prepared directory's linear baseline (:mod:`mrnet_ray.shards.baseline`)."""
     prepared = open_prepared(prepared_dir)
-    x_train, y_train = track_features(prepared.read_arrays("train"))
-    x_test, y_test = track_features(prepared.read_arrays("test"))
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    model.fit(x_train, y_train)
+    baseline = ensure_baseline(prepared)
     return {
-        "test_track_acc": round(float((model.predict(x_test) == y_test).mean()), 4),
-        "features": x_train.shape[1],
-        "train_tracks": len(y_train),
-        "test_tracks": len(y_test),
+        "test_track_acc": round(baseline["test_track_acc"], 4),
+        "C": baseline["C"],
+        "features": 2 * prepared.feature.n_mels,
+        "train_tracks": baseline["train_tracks"],
     }
 
 
