@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.search import run
 from safetensors.torch import load_file
 
 from mrnet_ray import best, predict, tracking
@@ -46,13 +47,6 @@ train:
   warmup_fraction: 0.1
 """
 NAME = "mrnet-smoke"
-
-
-def run(main, argv: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(argv)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

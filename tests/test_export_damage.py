@@ -6,12 +6,10 @@ test that damages a file puts it back.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
-from fixtures.search import free_port
+from fixtures.search import free_port, run
 
 from mrnet_ray import best, ranking
 from mrnet_ray.export.bundle import load_bundle
@@ -36,13 +34,6 @@ train:
   lr: {choice: [0.01, 0.003]}
   warmup_fraction: 0.1
 """
-
-
-def run(main, argv: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(argv)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
